@@ -1,0 +1,11 @@
+"Chapter 4 of the fastai book as a tool: classify any pair of MNIST digits with fastai, from scratch to `Learner`"
+__version__ = '0.1.0'
+
+from .data import *
+from .losses import *
+from .models import *
+from .learner import *
+from .plots import *
+from . import data, losses, models, learner, plots
+
+__all__ = data.__all__ + losses.__all__ + models.__all__ + learner.__all__ + plots.__all__

@@ -1,0 +1,252 @@
+"`BinaryDigitsDataLoaders`: two MNIST digits as whole tensors, served to fastai by slicing"
+from __future__ import annotations
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from fastcore.meta import delegates
+from fastai.torch_core import TensorBase, default_device, to_device
+from fastai.data.core import DataLoaders, TfmdDL
+from fastai.data.transforms import CategoryMap
+from fastai.imports import dispatch
+
+from .mnist import find_source, load_source
+
+__all__ = ['DigitTensors', 'BinaryDigitsDL', 'BinaryDigitsDataLoaders', 'TensorDigits', 'check_pair', 'check_device']
+
+
+class TensorDigits(TensorBase):
+    "A batch of flattened 28x28 digits; the type fastai's show and interpretation tools dispatch on (batches stay plain)"
+
+
+def check_pair(pair) -> tuple:
+    "`pair` as a tuple of two distinct ints 0-9, or a clear error"
+    try: a, b = (int(d) for d in pair)
+    except (TypeError, ValueError): a = b = None
+    if a is None or a == b or not (0 <= a <= 9 and 0 <= b <= 9) or any(isinstance(d, float) and d != int(d) for d in pair):
+        raise ValueError(f"`pair` must be two distinct digits 0-9, such as (4, 8), got {pair!r}")
+    return a, b
+
+
+def check_device(device) -> torch.device:
+    "`device` (or fastai's `default_device()` when None) as a `torch.device` that this machine has, or a clear error"
+    if device is None: return default_device()
+    try: device = torch.device(device)
+    except (RuntimeError, TypeError) as e: raise ValueError(f"`device` {device!r} is not a device name: {e}") from e
+    if device.type == 'cuda':
+        n = torch.cuda.device_count()
+        if n == 0: raise ValueError(f"`device` {device} asked for a GPU, but this machine has none that PyTorch can use; "
+                                    "use device='cpu' (or leave it out for fastai's default_device())")
+        if (device.index or 0) >= n: raise ValueError(f"`device` {device} does not exist: this machine has {n} GPU(s)")
+    elif device.type == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError(f"`device` {device} is not available on this machine; use device='cpu'")
+    return device
+
+
+class DigitTensors:
+    "Digits of a pair as whole tensors: `x` (n, 784) float32 in 0..1, `y` (n, 1) float32 0/1 (or None, unlabelled)"
+    n_inp = 1
+    def __init__(self, x:Tensor, y:Tensor|None, vocab, indices:Tensor|None=None):
+        self.x, self.y, self.vocab = x, y, vocab
+        self.indices = indices  # each image's index in the original MNIST file, when known
+    def __len__(self): return len(self.x)
+    def __getitem__(self, i): return (self.x[i],) if self.y is None else (self.x[i], self.y[i])
+    def to(self, device):
+        return DigitTensors(self.x.to(device), None if self.y is None else self.y.to(device), self.vocab, self.indices)
+    def new_empty(self):
+        "An empty copy, for `learn.export()` (a view would pickle the whole storage)"
+        return DigitTensors(self.x.new_empty(0, 784), None if self.y is None else self.y.new_empty(0, 1), self.vocab)
+    def decode(self, o, full=True):
+        "Turn a target or prediction (0/1) into its digit"
+        return (o[0], *(self.vocab[int(t)] for t in o[1:]))
+    @property
+    def items(self):
+        "The rows as `(x, y)` items, as fastai's `Interpretation` reads them to rebuild a `test_dl`"
+        return list(zip(self.x, self.y)) if self.y is not None else list(self.x)
+    def __repr__(self): return f'{type(self).__name__}({len(self)} images of digits {list(self.vocab)})'
+
+
+def _images_to_x(images:Tensor, device=None) -> Tensor:
+    "uint8 (n, 28, 28) -> float32 (n, 784) in 0..1, on `device`"
+    return images.to(device).view(len(images), -1).float().div_(255)
+
+
+def _as_image(o) -> np.ndarray:
+    "Any image (file path, PIL image, array, tensor; any size, RGB or greyscale) as a 28x28 uint8 array"
+    from PIL import Image
+    if isinstance(o, (str, Path)):
+        fn = Path(o)
+        if not fn.exists(): raise FileNotFoundError(f"Image file {fn} does not exist")
+        try:
+            with Image.open(fn) as im: im.load(); o = im.copy()
+        except (OSError, SyntaxError) as e: raise ValueError(f"Could not read the image {fn}: {e}") from e
+    if isinstance(o, Tensor): o = o.detach().cpu().numpy()
+    if isinstance(o, np.ndarray):
+        a = o.astype(np.float32)
+        if a.ndim == 1 and a.size == 784: a = a.reshape(28, 28)
+        if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4): a = a.transpose(1, 2, 0)  # CHW -> HWC
+        if a.ndim == 3 and a.shape[-1] == 1: a = a[..., 0]
+        if a.ndim not in (2, 3): raise ValueError(f"An image array must be HxW, HxWxC, CxHxW or 784 long, got shape {o.shape}")
+        if a.size and a.max() <= 1.0: a = a*255  # floats in 0..1, as the loaders serve them
+        o = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    if not isinstance(o, Image.Image):
+        raise TypeError(f"Cannot make an image of a {type(o).__name__}: give a file path, a PIL image, an array or a tensor")
+    o = o.convert('L')
+    if o.size != (28, 28): o = o.resize((28, 28), Image.BILINEAR)
+    return np.asarray(o)
+
+
+class BinaryDigitsDL(TfmdDL):
+    "A fastai `TfmdDL` that slices batches out of a `DigitTensors` rather than collating items one by one"
+    def __init__(self, dataset:DigitTensors, bs:int=256, shuffle:bool=False, drop_last:bool=False, device=None, **kwargs):
+        kwargs['num_workers'] = 0  # batches are tensor slices: worker processes would only add cost
+        super().__init__(dataset, bs=bs, shuffle=shuffle, drop_last=drop_last, device=device, **kwargs)
+
+    def _one_pass(self):
+        "The batch types fastai decodes with (`show_batch`, interpretation); batches themselves stay plain tensors"
+        self._n_inp = 1
+        self._types = {tuple: [TensorDigits] + ([] if self.dataset.y is None else [Tensor])}
+
+    def get_idxs(self):
+        if not self.shuffle: return range(self.n)
+        g = torch.Generator().manual_seed(self.rng.getrandbits(63))  # from fastai's per-epoch `rng`: seeds carry over
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def sample(self):
+        "All of this epoch's indices at once (one process, no workers) rather than a generator of ints"
+        return self._DataLoader__idxs
+
+    def create_batches(self, samps):
+        ds, bs = self.dataset, self.bs
+        if isinstance(samps, range) and samps.step == 1:  # in order: slices are views, nothing is copied
+            idxs = None
+            n, start = len(samps), samps.start
+        else:                                              # shuffled, or a share handed over by `DistributedDL`
+            idxs = torch.as_tensor(samps if isinstance(samps, list) else list(samps), dtype=torch.long)
+            idxs = idxs.to(ds.x.device)
+            n, start = len(idxs), 0
+        for i in range(0, n, bs):
+            if self.drop_last and i + bs > n: break
+            yield ds[start+i:start+i+bs] if idxs is None else ds[idxs[i:i+bs]]
+
+    def to(self, device):
+        "Move the loader and its tensors to `device`, so batches are not copied on every step"
+        super().to(device)
+        self.dataset = self.dataset.to(self.device)
+        return self
+
+    def show_batch(self, b=None, max_n:int=9, ctxs=None, show:bool=True, unique:bool=False, **kwargs):
+        "Show `max_n` digits of batch `b` (default: `one_batch()`) with their labels"
+        if b is None: b = self.one_batch()
+        if not show: return super().show_batch(b, max_n=max_n, show=False)
+        x, y = b[0], (b[1] if len(b) > 1 else None)
+        titles = None if y is None else [str(self.vocab[int(t)]) for t in y[:max_n]]
+        return _show_digits(x[:max_n], titles, **kwargs)
+
+    def show_results(self, b, out, max_n:int=9, ctxs=None, show:bool=True, **kwargs):
+        "Show `max_n` digits with their target and decoded prediction, green when right, red when wrong"
+        if not show: return super().show_results(b, out, max_n=max_n, show=False)
+        x, y, p = b[0][:max_n], b[1][:max_n], (out[0] if isinstance(out, (tuple, list)) else out)[:max_n]
+        titles = [f'{self.vocab[int(t)]}/{self.vocab[int(q)]}' for t, q in zip(y, p)]
+        colors = ['green' if int(t) == int(q) else 'red' for t, q in zip(y, p)]
+        return _show_digits(x, titles, colors=colors, suptitle='target/prediction', **kwargs)
+
+
+def _show_digits(x, titles=None, colors=None, suptitle=None, ncols=None, figsize=None, **kwargs):
+    "A grid of 28x28 digits with titles; returns the figure"
+    import matplotlib.pyplot as plt
+    n = len(x)
+    ncols = ncols or min(n, int(np.ceil(np.sqrt(n))))
+    nrows = int(np.ceil(n/ncols))
+    fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (1.6*ncols, 1.8*nrows), squeeze=False)
+    for i, ax in enumerate(axs.flat):
+        ax.set_axis_off()
+        if i >= n: continue
+        ax.imshow(x[i].detach().cpu().reshape(28, 28).numpy(), cmap='Greys', vmin=0, vmax=1)
+        if titles is not None: ax.set_title(titles[i], color=None if colors is None else colors[i])
+    if suptitle: fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+@dispatch
+def plot_top_losses(x:TensorDigits, y, samples, outs, raws, losses, nrows=None, ncols=None, figsize=None, **kwargs):
+    "fastai's `ClassificationInterpretation.plot_top_losses` for digits: prediction/actual/loss/probability"
+    # `raws` hold the probability of pair[1]; the title gives the probability of the predicted digit
+    titles = [f'{o[0]}/{s[1]} / {l.item():.2f} / {max(r.item(), 1-r.item()):.2f}'
+              for s, o, r, l in zip(samples, outs, raws, losses)]
+    x = torch.stack([s[0].as_subclass(Tensor) for s in samples])
+    return _show_digits(x, titles, ncols=ncols, figsize=figsize, suptitle='Prediction/Actual/Loss/Probability')
+
+
+class BinaryDigitsDataLoaders(DataLoaders):
+    "fastai `DataLoaders` for a pair of MNIST digits: label 0 for `pair[0]`, label 1 for `pair[1]`, as in the book"
+
+    @classmethod
+    @delegates(BinaryDigitsDL.__init__, but=['dataset', 'shuffle', 'device'])
+    def from_mnist(cls,
+        pair:tuple=(3, 7),            # the two digits: label 0 for pair[0], label 1 for pair[1]
+        path:str|Path|None=None,      # mnist_png or IDX folder; None: fastai's `untar_data(URLs.MNIST)`
+        sample:bool=False,            # use the MNIST sample bundled with the package (offline)
+        valid:str='split',            # 'split': `valid_pct` of the training images; 'testing': the official test set
+        valid_pct:float=0.2,          # share of the training images held out for validation when `valid='split'`
+        seed:int|None=None,           # seed of the random validation split (None: a different split each time)
+        bs:int=256,                   # batch size
+        device=None,                  # where batches live; None: fastai's `default_device()`
+        cache:bool=True,              # cache decoded PNGs beside the data, so later loads skip the decoding
+        **kwargs,
+    ) -> 'BinaryDigitsDataLoaders':
+        "Load digits `pair` of MNIST as flattened 0..1 images, split into training and validation, held on `device`"
+        pair = check_pair(pair)
+        if valid not in ('split', 'testing'):
+            raise ValueError(f"`valid` must be 'split' (hold out `valid_pct` of training) or 'testing', got {valid!r}")
+        if valid == 'split' and not (isinstance(valid_pct, (int, float)) and 0 < valid_pct < 1):
+            raise ValueError(f"`valid_pct` must be a fraction between 0 and 1 (exclusive), such as 0.2, got {valid_pct!r}")
+        if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
+            raise ValueError(f"`bs` must be a whole number of at least 1, got {bs!r}")
+        device = check_device(device)
+        source = find_source(path, sample)
+        train = _pair_tensors(load_source(source, pair, 'training', cache), pair)
+        if valid == 'testing':
+            valid_ds = _pair_tensors(load_source(source, pair, 'testing', cache), pair)
+        else:
+            n = len(train[0])
+            g = torch.Generator()
+            if seed is None: g.seed()
+            else: g.manual_seed(seed)
+            perm = torch.randperm(n, generator=g)
+            cut = int(valid_pct*n)
+            vi, ti = perm[:cut].sort().values, perm[cut:].sort().values
+            valid_ds = tuple(t[vi] for t in train)
+            train = tuple(t[ti] for t in train)
+        vocab = CategoryMap(list(pair), sort=False)
+        mk = lambda t: DigitTensors(_images_to_x(t[0], device), t[1].to(device), vocab, t[2])
+        trn_dl = BinaryDigitsDL(mk(train), bs=bs, shuffle=True, device=device, **kwargs)
+        val_dl = BinaryDigitsDL(mk(valid_ds), bs=bs, shuffle=False, device=device, **kwargs)
+        return cls(trn_dl, val_dl, path=source[1], device=device)
+
+    def test_dl(self, test_items, rm_type_tfms=None, with_labels:bool=False, **kwargs) -> BinaryDigitsDL:
+        "A loader of `test_items` (file paths, PIL images, arrays or tensors; `(image, label)` pairs if `with_labels`)"
+        kwargs.pop('process', None)  # passed by fastai's `Interpretation`; there is nothing to process here
+        items = list(test_items)
+        if not items: raise ValueError("`test_items` is empty: give at least one image")
+        ys = None
+        if with_labels:
+            items, ys = zip(*items)
+            ys = torch.tensor([float(y) for y in ys]).view(-1, 1)
+            if not ((ys == 0) | (ys == 1)).all():
+                raise ValueError(f"Labels given with `with_labels=True` must be 0 or 1 (0 for {self.vocab[0]}, "
+                                 f"1 for {self.vocab[1]}), got {ys.view(-1).tolist()[:10]}")
+        dev = self.valid.dataset.x.device
+        x = _images_to_x(torch.from_numpy(np.stack([_as_image(o) for o in items])), dev)
+        ds = DigitTensors(x, None if ys is None else ys.to(dev), self.vocab)
+        return self.valid.new(ds, shuffle=False, drop_last=False, **kwargs)
+
+
+def _pair_tensors(digits:dict, pair) -> tuple:
+    "`(images, labels, indices)` of both digits, `pair[0]` first: labels float32 (n, 1), 0 for `pair[0]`"
+    images = torch.cat([digits[d][0] for d in pair])
+    indices = torch.cat([digits[d][1] for d in pair])
+    labels = torch.cat([torch.full((len(digits[d][0]), 1), float(i)) for i, d in enumerate(pair)])
+    return images, labels, indices

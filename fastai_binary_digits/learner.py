@@ -1,0 +1,109 @@
+"`binary_learner`: a fastai `Learner` for a pair of digits, with the book's loss, metric and optimizer"
+from __future__ import annotations
+import os, random
+from pathlib import Path
+
+import torch
+from torch import nn
+from fastcore.meta import delegates
+from fastai.callback.core import event
+from fastai.learner import Learner
+from fastai.optimizer import SGD
+from fastai.torch_core import rank_distrib, set_seed
+
+from .data import check_device
+from .losses import batch_accuracy, mnist_loss
+from .models import ARCHS
+
+__all__ = ['BinaryLearner', 'binary_learner', 'get_model']
+
+
+class BinaryLearner(Learner):
+    "A fastai `Learner` that, per event, calls only the callbacks that define it (fastai asks every one, every time)"
+
+    def _call_one(self, event_name:str):
+        cbs = tuple(self.cbs.items)
+        key = (event_name, cbs, tuple(cb.order for cb in cbs))  # any change to the callbacks or their order is a new key
+        dispatch = self.__dict__.setdefault('_dispatch', {})
+        todo = dispatch.get(key)
+        if todo is None:
+            if not hasattr(event, event_name): raise Exception(f'missing {event_name}')
+            if len(dispatch) > 512: dispatch.clear()
+            # `after_fit` goes to every callback: `Callback.__call__` resets its `run` flag there
+            todo = dispatch[key] = tuple(cb for cb in sorted(cbs, key=lambda cb: cb.order)
+                                         if event_name == 'after_fit' or _defines(cb, event_name))
+        for cb in todo: cb(event_name)
+
+    def export(self, fname:str|Path='export.pkl', **kwargs):
+        "fastai's `export`, written to a temporary file then renamed, so an existing export is never left half-written"
+        if rank_distrib(): return  # as fastai: only the main process exports
+        target = self.path/fname
+        tmp = target.with_name(f'.{target.name}.{os.getpid()}.tmp')
+        self.__dict__.pop('_dispatch', None)
+        try:
+            super().export(tmp, **kwargs)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists(): tmp.unlink()
+
+
+def _defines(cb, event_name:str) -> bool:
+    "Whether `cb` has its own `event_name` (on its class or the instance), not one found through `GetAttr` delegation"
+    return event_name in cb.__dict__ or any(event_name in k.__dict__ for k in type(cb).__mro__)
+
+
+def get_model(arch) -> nn.Module:
+    "A fresh model from `arch`: a name in `ARCHS`, a function returning an `nn.Module`, or an `nn.Module`"
+    if isinstance(arch, nn.Module): return arch
+    if isinstance(arch, str):
+        name = arch.removesuffix('_net').removesuffix('_model')
+        if name not in ARCHS:
+            raise ValueError(f"Unknown `arch` {arch!r}: use one of {', '.join(map(repr, ARCHS))}, a function returning "
+                             "an nn.Module, or an nn.Module")
+        return ARCHS[name]()
+    if callable(arch):
+        model = arch()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`arch` {arch!r} returned a {type(model).__name__}, not an nn.Module")
+        return model
+    raise TypeError(f"`arch` must be a name ({', '.join(ARCHS)}), a function returning an nn.Module, or an nn.Module; "
+                    f"got a {type(arch).__name__}")
+
+
+def _check_output(model:nn.Module, x:torch.Tensor):
+    "Fail early, and clearly, when the model does not map (bs, 784) to (bs, 1)"
+    was_training = model.training
+    try:
+        with torch.no_grad(): out = model.eval()(x)
+    except Exception as e:
+        raise ValueError(f"The model failed on a batch of shape {tuple(x.shape)} (flattened 28x28 digits): {e}") from e
+    finally: model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), 1):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"The model must return one output per image, shape (bs, 1); on a batch of shape "
+                         f"{tuple(x.shape)} it returned {shape}")
+
+
+@delegates(Learner.__init__, but=['dls', 'model', 'loss_func', 'opt_func', 'lr', 'metrics'])
+def binary_learner(dls,
+    arch='linear',                # 'linear', 'simple', 'deep', 'cnn', a function returning an nn.Module, or an nn.Module
+    loss_func=mnist_loss,         # the book's loss; `log_loss` or fastai's `BCEWithLogitsLossFlat()` work too
+    opt_func=SGD,                 # fastai's SGD, as the book
+    lr:float=0.1,                 # default learning rate for `fit` and `fit_one_cycle`
+    metrics=batch_accuracy,       # metric(s) shown in fastai's table
+    seed:int|None=None,           # seed the initial weights and the loaders' shuffling: same seed, same table
+    device=None,                  # where to train; None: where the data is
+    **kwargs,
+) -> BinaryLearner:
+    "A `Learner` for `dls` (a `BinaryDigitsDataLoaders`) with the book's loss, metric and SGD"
+    if seed is not None:
+        set_seed(seed)
+        for i, dl in enumerate(dls.loaders): dl.rng = random.Random(seed + i)
+    model = get_model(arch)
+    if device is not None:
+        device = check_device(device)
+        dls.to(device)
+    else: device = getattr(dls, 'device', None) or check_device(None)
+    model.to(device)
+    _check_output(model, dls.train.dataset.x[:2].to(device))
+    return BinaryLearner(dls, model, loss_func=loss_func, opt_func=opt_func, lr=lr, metrics=metrics, **kwargs)

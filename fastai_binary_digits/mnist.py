@@ -1,0 +1,210 @@
+"Where the digits come from: fastai's `mnist_png` folders, the original IDX files, or the bundled sample."
+from __future__ import annotations
+import gzip, hashlib, os, tempfile, warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ['read_idx', 'load_digits', 'write_mnist_png', 'SAMPLE_PATH']
+
+SAMPLE_PATH = Path(__file__).parent/'sample_data'  # the bundled sample: IDX files holding a subset of MNIST
+SPLITS = {'training': 'train', 'testing': 't10k'}   # fastai's folder name -> the IDX files' prefix
+_IDX_DTYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
+_IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
+_CACHE_DIR = '.fastai_binary_digits'  # made beside the digit folders of an `mnist_png` tree
+_CACHE_FORMAT = 1                     # bump when the cache's content changes
+
+# ---------------------------------------------------------------------------------------------------------------
+# IDX files, as on the MNIST home page and in torchvision's `MNIST/raw`
+
+def read_idx(path:str|Path) -> np.ndarray:
+    "Read an IDX file, plain or gzip-compressed, into a numpy array of its declared type and shape"
+    path = Path(path)
+    opener = gzip.open if path.suffix == '.gz' else open
+    try:
+        with opener(path, 'rb') as f: data = f.read()
+    except (OSError, EOFError) as e: raise ValueError(f"Could not read the IDX file {path}: {e}") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (its first bytes are {data[:4]!r}, expected 0, 0, a type code and "
+                         "the number of dimensions)")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4+4*i:8+4*i], 'big') for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = 4 + 4*ndim + int(np.prod(shape))*dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(f"{path} is truncated or corrupt: its header declares shape {shape} ({expected:,} bytes) "
+                         f"but the file holds {len(data):,} bytes")
+    return np.frombuffer(data, dtype, offset=4+4*ndim).reshape(shape).astype(dtype.newbyteorder('='))
+
+def _idx_file(folder:Path, prefix:str, kind:str) -> Path|None:
+    "The IDX file for `prefix` ('train' or 't10k') and `kind` ('images', 'labels', 'indices'), plain or .gz"
+    hits = sorted(folder.glob(f'{prefix}-{kind}[-.]idx*'))
+    return hits[0] if hits else None
+
+def _load_idx_split(folder:Path, split:str, digits) -> dict:
+    prefix = SPLITS[split]
+    images_f, labels_f = _idx_file(folder, prefix, 'images'), _idx_file(folder, prefix, 'labels')
+    if images_f is None or labels_f is None:
+        raise FileNotFoundError(f"{folder} has no {prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz] "
+                                f"for the {split} split")
+    images, labels = read_idx(images_f), read_idx(labels_f)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise ValueError(f"{images_f} holds images of shape {images.shape[1:]} and type {images.dtype}; "
+                         "MNIST images are 28x28 uint8")
+    if labels.shape != images.shape[:1]:
+        raise ValueError(f"{labels_f} holds {len(labels):,} labels for the {len(images):,} images of {images_f}")
+    indices_f = _idx_file(folder, prefix, 'indices')  # the bundled sample keeps each image's index in the full file
+    indices = read_idx(indices_f).astype(np.int64) if indices_f is not None else np.arange(len(images))
+    res = {}
+    for d in digits:
+        mask = labels == d
+        res[d] = torch.from_numpy(images[mask].copy()), torch.from_numpy(indices[mask])
+    return res
+
+# ---------------------------------------------------------------------------------------------------------------
+# fastai's `mnist_png`: `training/<digit>/<index>.png`, `testing/<digit>/<index>.png`
+
+def _decode_image(fn:str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(fn) as im:
+            if im.size != (28, 28):
+                raise ValueError(f"{fn} is {im.size[0]}x{im.size[1]}; MNIST images are 28x28. Remove it, or resize it to "
+                                 "28x28 greyscale")
+            return np.asarray(im if im.mode == 'L' else im.convert('L'))
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"Could not decode the image {fn} ({e}); the file is corrupt or not an image: replace or "
+                         "remove it") from e
+
+def _sort_key(name:str):
+    stem = name.rsplit('.', 1)[0]
+    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+
+def _list_images(folder:Path):
+    """The image file names of `folder` and a fingerprint of the folder: its names and modification time.
+    (Adding, removing or renaming a file changes both; a file overwritten in place under the same name does not.)"""
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(_IMAGE_EXTS))
+    h = hashlib.sha1(f'{os.stat(folder).st_mtime_ns}\n'.encode())
+    h.update('\n'.join(names).encode())
+    return names, h.hexdigest()
+
+def _decode_folder(folder:Path, names) -> torch.Tensor:
+    "Decode the images `names` of `folder` into one uint8 tensor (n, 28, 28)"
+    out = np.empty((len(names), 28, 28), np.uint8)
+    for i, n in enumerate(names): out[i] = _decode_image(os.path.join(folder, n))
+    return torch.from_numpy(out)
+
+def _indices(names) -> torch.Tensor:
+    "Each image's index in the original MNIST file, from its name (`<index>.png`), or -1"
+    stems = (n.rsplit('.', 1)[0] for n in names)
+    return torch.tensor([int(s) if s.isdigit() else -1 for s in stems], dtype=torch.int64)
+
+def _read_cache(fn:Path, fingerprint:str):
+    "The cached `(images, indices)` if `fn` holds a readable cache of this `fingerprint`, else None"
+    if not fn.exists(): return None
+    try:
+        c = torch.load(fn, weights_only=True)
+        ok = (c.get('format') == _CACHE_FORMAT and c.get('fingerprint') == fingerprint
+              and c['images'].dtype == torch.uint8 and c['images'].shape[1:] == (28, 28)
+              and c['indices'].shape == c['images'].shape[:1])
+        if ok: return c['images'], c['indices']
+    except Exception as e:
+        warnings.warn(f"The image cache {fn} is unreadable ({type(e).__name__}: {e}); decoding the images again")
+    return None
+
+def _write_atomic(obj, fn:Path):
+    "`torch.save` `obj` to `fn` through a temporary file and a rename, so `fn` is never half-written"
+    fn.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=fn.parent, prefix=f'.{fn.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, fn)
+    except BaseException:
+        try: os.unlink(tmp)
+        except OSError: pass
+        raise
+
+def _load_png_digit(folder:Path, cache:bool=True):
+    "`(images, indices)` of one digit folder, from the cache when it matches the folder, else decoded (and cached)"
+    names, fingerprint = _list_images(folder)
+    if not names: raise FileNotFoundError(f"{folder} holds no images; expected one PNG per MNIST image")
+    cache_fn = folder.parent.parent/_CACHE_DIR/f'{folder.parent.name}-{folder.name}.pt'
+    if cache and (hit := _read_cache(cache_fn, fingerprint)) is not None: return hit
+    names.sort(key=_sort_key)  # index order, as in the original file
+    images, indices = _decode_folder(folder, names), _indices(names)
+    if cache:
+        try: _write_atomic(dict(format=_CACHE_FORMAT, fingerprint=fingerprint, images=images, indices=indices), cache_fn)
+        except Exception as e:
+            warnings.warn(f"Could not write the image cache {cache_fn} ({e}); the images will be decoded again next time")
+    return images, indices
+
+def _load_png_split(root:Path, split:str, digits, cache:bool=True) -> dict:
+    res = {}
+    for d in digits:
+        folder = root/split/str(d)
+        if not folder.is_dir(): raise FileNotFoundError(f"{root} has no folder {split}/{d}: expected fastai's mnist_png "
+                                                        f"layout, {split}/<digit>/<index>.png")
+        res[d] = _load_png_digit(folder, cache)
+    return res
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding the data
+
+def _layout(path:Path):
+    "('png'|'idx', folder) for a folder in fastai's `mnist_png` layout or holding the IDX files, else None"
+    for p in (path, path/'mnist_png'):
+        if (p/'training').is_dir() and (p/'testing').is_dir(): return 'png', p
+    for p in (path, path/'raw', path/'MNIST'/'raw'):
+        if p.is_dir() and _idx_file(p, 'train', 'images') and _idx_file(p, 't10k', 'images'): return 'idx', p
+    return None
+
+def _fastai_mnist() -> Path:
+    "fastai's `mnist_png`, from `FASTAI_HOME` when it is there, else downloaded by `untar_data`"
+    from fastai.data.external import untar_data, URLs
+    try: return untar_data(URLs.MNIST)
+    except Exception as e:
+        raise ConnectionError(f"Could not get fastai's MNIST with untar_data(URLs.MNIST) ({type(e).__name__}: {e}). "
+                              "Offline? Use `sample=True` for the bundled sample, or `path=` a folder holding "
+                              "mnist_png (training/ and testing/) or the four MNIST IDX files") from e
+
+def find_source(path:str|Path|None=None, sample:bool=False):
+    "('png'|'idx', folder) for the data the caller asked for: the bundled `sample`, a `path`, or fastai's MNIST"
+    if sample:
+        if path is not None: raise ValueError("Give either `sample=True` or `path=`, not both")
+        return 'idx', SAMPLE_PATH
+    if path is None: path = _fastai_mnist()
+    path = Path(path).expanduser()
+    if not path.exists(): raise FileNotFoundError(f"`path` {path} does not exist; give a folder holding mnist_png "
+                                                  "(training/ and testing/) or the four MNIST IDX files")
+    found = _layout(path)
+    if found is None:
+        raise FileNotFoundError(f"{path} holds no MNIST data. Expected fastai's mnist_png layout "
+                                "(training/<digit>/*.png and testing/<digit>/*.png) or the four IDX files "
+                                "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                                "t10k-labels-idx1-ubyte, plain or .gz)")
+    return found
+
+def load_digits(digits, split:str='training', path:str|Path|None=None, sample:bool=False, cache:bool=True) -> dict:
+    "`{digit: (images, indices)}` for `digits` of `split` ('training' or 'testing'): uint8 (n, 28, 28) and int64 (n,)"
+    return load_source(find_source(path, sample), digits, split, cache)
+
+def load_source(source:tuple, digits, split:str='training', cache:bool=True) -> dict:
+    "`load_digits` from a `source` found by `find_source`"
+    if split not in SPLITS: raise ValueError(f"`split` must be 'training' or 'testing', got {split!r}")
+    kind, root = source
+    return _load_png_split(root, split, digits, cache) if kind == 'png' else _load_idx_split(root, split, digits)
+
+def write_mnist_png(dest:str|Path, path:str|Path|None=None, sample:bool=False, digits=range(10),
+                    splits=tuple(SPLITS)) -> Path:
+    "Write `digits` of a source (IDX files, `sample=True`, ...) as fastai's `mnist_png`: `dest/<split>/<digit>/<index>.png`"
+    from PIL import Image
+    dest, source = Path(dest), find_source(path, sample)
+    for split in splits:
+        for d, (images, indices) in load_source(source, list(digits), split, cache=False).items():
+            folder = dest/split/str(d)
+            folder.mkdir(parents=True, exist_ok=True)
+            for im, i in zip(images.numpy(), indices.tolist()): Image.fromarray(im).save(folder/f'{i}.png')
+    return dest

@@ -164,7 +164,7 @@ def _show_digits(x, titles=None, colors=None, suptitle=None, ncols=None, figsize
         ax.set_axis_off()
         if i >= n: continue
         ax.imshow(x[i].detach().cpu().reshape(28, 28).numpy(), cmap='Greys', vmin=0, vmax=1)
-        if titles is not None: ax.set_title(titles[i], color=None if colors is None else colors[i])
+        if titles is not None: ax.set_title(titles[i], **({} if colors is None else dict(color=colors[i])))
     if suptitle: fig.suptitle(suptitle)
     fig.tight_layout()
     return fig

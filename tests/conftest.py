@@ -12,7 +12,7 @@ IDX_ENV = 'MNIST_IDX_DIR'  # folder holding the four original MNIST IDX files; C
 
 def _idx_dir():
     d = os.environ.get(IDX_ENV)
-    return Path(d) if d and (Path(d)/'train-images-idx3-ubyte.gz').exists() or d and (Path(d)/'train-images-idx3-ubyte').exists() else None
+    return Path(d) if d and any((Path(d)/f'train-images-idx3-ubyte{ext}').exists() for ext in ('', '.gz')) else None
 
 
 @pytest.fixture(scope='session')
@@ -46,7 +46,10 @@ def full_png_home(tmp_path_factory, idx_dir):
 @pytest.fixture
 def fastai_home(monkeypatch, tmp_path):
     "An empty FASTAI_HOME for this test, with downloads sent to a closed local port so they fail at once"
+    from fastai.data.external import fastai_cfg
     monkeypatch.setenv('FASTAI_HOME', str(tmp_path/'fastai_home'))
     for v in ('https_proxy', 'http_proxy', 'HTTPS_PROXY', 'HTTP_PROXY'): monkeypatch.setenv(v, 'http://127.0.0.1:9')
     monkeypatch.delenv('no_proxy', raising=False); monkeypatch.delenv('NO_PROXY', raising=False)
-    return tmp_path/'fastai_home'
+    fastai_cfg.cache_clear()  # fastai reads FASTAI_HOME once per process (`lru_cache`): let it read this one
+    yield tmp_path/'fastai_home'
+    fastai_cfg.cache_clear()

@@ -136,6 +136,10 @@ class BinaryDigitsDL(TfmdDL):
         self.dataset = self.dataset.to(self.device)
         return self
 
+    def _pre_show_batch(self, b, max_n:int=9):
+        _register_plot_top_losses()  # fastai's `Interpretation.plot_top_losses` calls this just before dispatching
+        return super()._pre_show_batch(b, max_n=max_n)
+
     def show_batch(self, b=None, max_n:int=9, ctxs=None, show:bool=True, unique:bool=False, **kwargs):
         "Show `max_n` digits of batch `b` (default: `one_batch()`) with their labels"
         if b is None: b = self.one_batch()
@@ -170,14 +174,26 @@ def _show_digits(x, titles=None, colors=None, suptitle=None, ncols=None, figsize
     return fig
 
 
-@dispatch
-def plot_top_losses(x:TensorDigits, y, samples, outs, raws, losses, nrows=None, ncols=None, figsize=None, **kwargs):
+def _plot_top_losses(x:TensorDigits, y, *args, **kwargs):
     "fastai's `ClassificationInterpretation.plot_top_losses` for digits: prediction/actual/loss/probability"
+    samples, outs, raws, losses = args
     # `raws` hold the probability of pair[1]; the title gives the probability of the predicted digit
     titles = [f'{o[0]}/{s[1]} / {l.item():.2f} / {max(r.item(), 1-r.item()):.2f}'
               for s, o, r, l in zip(samples, outs, raws, losses)]
     x = torch.stack([s[0].as_subclass(Tensor) for s in samples])
-    return _show_digits(x, titles, ncols=ncols, figsize=figsize, suptitle='Prediction/Actual/Loss/Probability')
+    return _show_digits(x, titles, ncols=kwargs.get('ncols'), figsize=kwargs.get('figsize'),
+                        suptitle='Prediction/Actual/Loss/Probability')
+
+
+def _register_plot_top_losses():
+    """Add `_plot_top_losses` to fastai's `plot_top_losses`, once fastai's catch-all `(x, y, *args)` is defined:
+    plum ranks the two signatures alike and keeps the one registered last (registered earlier, ours would be lost)"""
+    import fastai.interpret
+    f = fastai.interpret.plot_top_losses
+    if not getattr(f, '_binary_digits', False):
+        _plot_top_losses.__name__ = 'plot_top_losses'
+        dispatch(_plot_top_losses)
+        f._binary_digits = True
 
 
 class BinaryDigitsDataLoaders(DataLoaders):

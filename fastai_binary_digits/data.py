@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from fastcore.meta import delegates
-from fastai.torch_core import TensorBase, default_device, to_device
-from fastai.data.core import DataLoaders, TfmdDL
+from fastai.torch_core import TensorBase, default_device, defaults, to_device
+from fastai.data.core import DataLoaders, Pipeline, TfmdDL
 from fastai.data.transforms import CategoryMap
 from fastai.imports import dispatch
 
@@ -67,6 +67,28 @@ class DigitTensors:
     def __repr__(self): return f'{type(self).__name__}({len(self)} images of digits {list(self.vocab)})'
 
 
+class _Perm(list):
+    "An epoch's shuffled indices: a list, as fastai's `get_idxs` returns, that keeps its tensor for slicing batches"
+    def __init__(self, perm:Tensor):
+        super().__init__(perm.tolist())
+        self.perm = perm  # dropped by any change to the list, which is then read as a plain list
+
+def _forgetting(name):
+    def f(self, *args, **kwargs):
+        self.perm = None
+        return getattr(list, name)(self, *args, **kwargs)
+    return f
+
+for _name in ('__setitem__', '__delitem__', '__iadd__', '__imul__', 'append', 'extend', 'insert', 'pop', 'remove',
+              'reverse', 'sort', 'clear'):
+    setattr(_Perm, _name, _forgetting(_name))
+
+
+def _on(b, device) -> bool:
+    "Whether batch `b` is a tuple of plain tensors already on `device` (so fastai's `to_device` would return it as is)"
+    return type(b) is tuple and all(type(o) is Tensor and o.device == device for o in b)
+
+
 def _images_to_x(images:Tensor, device=None) -> Tensor:
     "uint8 (n, 28, 28) -> float32 (n, 784) in 0..1, on `device`"
     return images.to(device).view(len(images), -1).float().div_(255)
@@ -111,11 +133,26 @@ class BinaryDigitsDL(TfmdDL):
     def get_idxs(self):
         if not self.shuffle: return range(self.n)
         g = torch.Generator().manual_seed(self.rng.getrandbits(63))  # from fastai's per-epoch `rng`: seeds carry over
-        return torch.randperm(self.n, generator=g).tolist()
+        return _Perm(torch.randperm(self.n, generator=g))
 
     def sample(self):
         "All of this epoch's indices at once (one process, no workers) rather than a generator of ints"
         return self._DataLoader__idxs
+
+    def __iter__(self):
+        "fastai's `DataLoader.__iter__`, without PyTorch's single-process iterator or moving batches already on `device`"
+        if self.pin_memory or self.fake_l.num_workers: yield from super().__iter__(); return
+        self.randomize()
+        self.before_iter()
+        self._DataLoader__idxs = self.get_idxs()
+        device, after_batch = self.device, self.after_batch
+        skip_tfms = isinstance(after_batch, Pipeline) and not after_batch.fs
+        always_move = defaults.use_cuda == False  # then fastai's `to_device` sends batches to the CPU, whatever `device`
+        for b in self.create_batches(self.sample()):
+            if device is not None and (always_move or not _on(b, device)): b = to_device(b, device)
+            yield b if skip_tfms else after_batch(b)
+        self.after_iter()
+        if hasattr(self, 'it'): del self.it
 
     def create_batches(self, samps):
         ds, bs = self.dataset, self.bs
@@ -123,7 +160,8 @@ class BinaryDigitsDL(TfmdDL):
             idxs = None
             n, start = len(samps), samps.start
         else:                                              # shuffled, or a share handed over by `DistributedDL`
-            idxs = torch.as_tensor(samps if isinstance(samps, list) else list(samps), dtype=torch.long)
+            idxs = samps.perm if isinstance(samps, _Perm) and samps.perm is not None else torch.as_tensor(
+                samps if isinstance(samps, list) else list(samps), dtype=torch.long)
             idxs = idxs.to(ds.x.device)
             n, start = len(idxs), 0
         for i in range(0, n, bs):
@@ -240,7 +278,8 @@ class BinaryDigitsDataLoaders(DataLoaders):
         mk = lambda t: DigitTensors(_images_to_x(t[0], device), t[1].to(device), vocab, t[2])
         trn_dl = BinaryDigitsDL(mk(train), bs=bs, shuffle=True, device=device, **kwargs)
         val_dl = BinaryDigitsDL(mk(valid_ds), bs=bs, shuffle=False, device=device, **kwargs)
-        return cls(trn_dl, val_dl, path=source[1], device=device)
+        # fastai saves models under `dls.path`: the data's folder, as for `untar_data` users; never inside the package
+        return cls(trn_dl, val_dl, path='.' if sample else source[1], device=device)
 
     def test_dl(self, test_items, rm_type_tfms=None, with_labels:bool=False, **kwargs) -> BinaryDigitsDL:
         "A loader of `test_items` (file paths, PIL images, arrays or tensors; `(image, label)` pairs if `with_labels`)"

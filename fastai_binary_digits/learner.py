@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from fastcore.meta import delegates
 from fastai.callback.core import event
+import fastai.callback.progress  # adds fastai's progress bars and table to every Learner's default callbacks
+import fastai.callback.schedule  # adds `fit_one_cycle` and `lr_find` to `Learner`
 from fastai.learner import Learner
 from fastai.optimizer import SGD
 from fastai.torch_core import rank_distrib, set_seed

@@ -308,7 +308,7 @@ def test_full_accuracy_fit_20(full_dls, arch, least):
 
 def test_full_accuracy_cnn(full_dls):
     learn = binary_learner(full_dls, arch='cnn', seed=42)
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(5, 0.1)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(10, 0.3)   # 0.9962-0.9974 over seeds 0, 1, 2, 42
     acc = learn.recorder.values[-1][2]
-    print(f'cnn: fit_one_cycle(5, 0.1) on 4 vs 8, validation accuracy {acc:.4f}')
+    print(f'cnn: fit_one_cycle(10, 0.3) on 4 vs 8, validation accuracy {acc:.4f}')
     assert acc >= 0.995

@@ -1,6 +1,10 @@
 "Chapter 4 of the fastai book as a tool: classify any pair of MNIST digits with fastai, from scratch to `Learner`"
 __version__ = '0.1.0'
 
+import warnings
+# fastai's own layers.py calls the deprecated `torch.jit.script` on import; that warning is not the user's to act on
+warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+
 from .data import *
 from .losses import *
 from .models import *

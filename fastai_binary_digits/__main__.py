@@ -1,0 +1,6 @@
+"`python -m fastai_binary_digits`: the command line, as the `fastai-binary-digits` console script"
+import sys
+
+from .cli import main
+
+if __name__ == '__main__': sys.exit(main())

@@ -1,0 +1,310 @@
+"""The command line `fastai-binary-digits` (or `python -m fastai_binary_digits`): `train`, `predict`, `evaluate`.
+Exit codes: 0 on success, 2 on bad usage or bad input, which is reported in one `error:` line, never a traceback."""
+from __future__ import annotations
+import argparse, json, os, sys, tempfile, textwrap, warnings
+from pathlib import Path
+
+import fastai.callback.progress  # noqa: F401  (fastai's progress bars and per-epoch table; `Learner.no_bar`)
+
+__all__ = ['main']
+
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ConnectionError, PermissionError, IsADirectoryError,
+                NotADirectoryError)  # what the library raises for a user's mistake: exit 2 with its message
+_REPORT_FILES = dict(loss='loss.png', confusion='confusion_matrix.png', weights='weights.png', worst='top_losses.png')
+_N_WORST = 9  # digits in the grid of worst predictions
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Arguments
+
+def _positive(kind, what:str):
+    "An argparse `type` that accepts a `kind` (int or float) above zero, with a message naming `what` was expected"
+    def conv(s:str):
+        try: v = kind(s)
+        except ValueError: v = None
+        if v is None or not v > 0: raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}")
+        return v
+    conv.__name__ = kind.__name__
+    return conv
+
+
+def _add_source(p:argparse.ArgumentParser, verb:str):
+    "The data-source options that `train` and `evaluate` share"
+    g = p.add_argument_group('data', "Where the digits come from (default: fastai's MNIST, `untar_data(URLs.MNIST)`; "
+                                     "when that is neither cached nor downloadable, the bundled sample, with a notice)")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument('--sample', action='store_true', help=f"{verb} the MNIST sample bundled with the package "
+                                                           "(1,000 training and 200 testing images per digit; offline)")
+    src.add_argument('--path', metavar='DIR', help="a folder holding fastai's mnist_png (training/ and testing/) or "
+                                                   "the four MNIST IDX files (plain or .gz)")
+    g.add_argument('--bs', type=_positive(int, 'a whole number of at least 1'), default=256, help='batch size')
+
+
+def _add_report(p:argparse.ArgumentParser, what:str):
+    p.add_argument('--report', metavar='DIR', help=f"write PNG pictures into DIR: {what}")
+
+
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    "Descriptions and examples as written; each option's default, where it has one worth showing"
+    def _get_help_string(self, action):
+        if action.default in (None, False) or '(default' in (action.help or ''): return action.help
+        return super()._get_help_string(action)
+
+
+def _text(s:str) -> str: return textwrap.fill(s, 79)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .models import ARCHS
+    fmt = _Help
+    parser = argparse.ArgumentParser(
+        prog='fastai-binary-digits', formatter_class=fmt,
+        description=_text("Chapter 4 of the fastai book as a tool: train, use and evaluate a classifier of any pair "
+                          "of MNIST digits. `fastai-binary-digits COMMAND --help` describes each command."),
+        epilog="examples:\n"
+               "  fastai-binary-digits train --sample --pair 4 8 --epochs 5 --out model.pkl --report report/\n"
+               "  fastai-binary-digits predict model.pkl digit.png another.jpg\n"
+               "  fastai-binary-digits evaluate model.pkl --sample")
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+
+    p = sub.add_parser('train', formatter_class=fmt, help='train a model on two digits and export it',
+                       description=_text("Train a model to tell two MNIST digits apart, showing fastai's progress "
+                                         "bars and per-epoch table, then export the learner (load it with fastai's "
+                                         "`load_learner`, or give it to `predict` and `evaluate`)."))
+    p.add_argument('--pair', nargs=2, type=int, default=[3, 7], metavar=('A', 'B'),
+                   help="the two digits, label 0 for A and 1 for B (default: 3 7, the book's)")
+    p.add_argument('--arch', choices=list(ARCHS), default='linear',
+                   help="the model: the book's linear model, its 784-30-1 net, a deeper net, or a small CNN")
+    p.add_argument('--epochs', type=_positive(int, 'a whole number of at least 1'), default=20, help='epochs to train')
+    p.add_argument('--lr', type=_positive(float, 'a number above 0'), default=0.1, help='learning rate (SGD)')
+    p.add_argument('--seed', type=int, default=None,
+                   help='seed the validation split, the initial weights and the shuffling: same seed, same table')
+    p.add_argument('--one-cycle', action='store_true', help="train with fastai's `fit_one_cycle` rather than `fit`")
+    p.add_argument('--valid', choices=['split', 'testing'], default='split',
+                   help="validate on 20%% of the training images ('split') or on the official test set ('testing')")
+    _add_source(p, 'train on')
+    p.add_argument('--out', metavar='FILE', default='model.pkl', help='where to write the exported learner')
+    _add_report(p, f"{', '.join(_REPORT_FILES.values())} (on the validation images)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser('predict', formatter_class=fmt, help='classify image files with an exported model',
+                       description=_text("Classify image files with a model exported by `train`: one line per image "
+                                         "with the digit and its probability. Images of any size or colour are made "
+                                         "28x28 greyscale, as fastai's `test_dl` does; like MNIST's, they should show "
+                                         "a light digit on a dark background. MODEL is a pickle: load only files you "
+                                         "trust."))
+    p.add_argument('model', metavar='MODEL', help='the exported learner (the `--out` of `train`)')
+    p.add_argument('images', metavar='IMAGE', nargs='+', help='image files (PNG, JPEG, ...)')
+    p.add_argument('--json', action='store_true', help='print one JSON object per line: image, digit, probability, '
+                                                       'probabilities of both digits')
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser('evaluate', formatter_class=fmt, help="measure a model on the official testing images",
+                       description=_text("Accuracy, loss and confusion matrix of a model exported by `train` on the "
+                                         "official MNIST testing images of its two digits. MODEL is a pickle: load "
+                                         "only files you trust."))
+    p.add_argument('model', metavar='MODEL', help='the exported learner (the `--out` of `train`)')
+    _add_source(p, 'evaluate on')
+    p.add_argument('--json', action='store_true', help='print the results as one JSON object')
+    _add_report(p, ', '.join(v for k, v in _REPORT_FILES.items() if k != 'loss'))
+    p.set_defaults(func=_evaluate)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared steps
+
+def _load_dls(args, pair, valid:str):
+    """`BinaryDigitsDataLoaders` of `pair` from the source `args` name, and a description of that source. Without
+    a source, fastai's MNIST, or the bundled sample (one-line notice) when it is neither cached nor downloadable."""
+    from .data import BinaryDigitsDataLoaders
+    kw = dict(pair=pair, valid=valid, seed=getattr(args, 'seed', None), bs=args.bs)
+    if args.sample: return BinaryDigitsDataLoaders.from_mnist(sample=True, **kw), 'the bundled sample'
+    if args.path is not None: return BinaryDigitsDataLoaders.from_mnist(path=args.path, **kw), args.path
+    try: return BinaryDigitsDataLoaders.from_mnist(**kw), "fastai's MNIST"
+    except ConnectionError as e:
+        cause = f' ({type(e.__cause__).__name__})' if e.__cause__ is not None else ''
+        print(f"notice: fastai's MNIST is neither cached nor downloadable{cause}; using the bundled sample instead "
+              f"(--path DIR for a local copy)", file=sys.stderr, flush=True)
+        return BinaryDigitsDataLoaders.from_mnist(sample=True, **kw), 'the bundled sample'
+
+
+def _load_model(fn:str):
+    "The learner exported in `fn`, on the CPU, or a clear error"
+    from fastai.learner import Learner, load_learner
+    path = Path(fn)
+    if not path.exists(): raise FileNotFoundError(f"Model file {fn} does not exist; make one with "
+                                                  f"`fastai-binary-digits train --out {fn}`")
+    if not path.is_file(): raise ValueError(f"Model {fn} is not a file; give the file written by `train --out`")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # fastai's warning that pickles can run code: the help says so once
+            learn = load_learner(path, cpu=True)
+    except Exception as e:
+        raise ValueError(f"Could not load the model {fn} ({type(e).__name__}: {e}); give a learner exported by "
+                         "`fastai-binary-digits train` or `learn.export()`") from e
+    vocab = getattr(getattr(learn, 'dls', None), 'vocab', None) if isinstance(learn, Learner) else None
+    if vocab is None or len(vocab) != 2 or not all(isinstance(d, int) and 0 <= d <= 9 for d in vocab):
+        raise ValueError(f"{fn} holds a {type(learn).__name__}, not a learner of two digits exported by "
+                         "`fastai-binary-digits train` or `learn.export()`")
+    return learn
+
+
+def _umask() -> int:
+    "The process's umask (reading it means setting it: set it back at once)"
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _save_fig(fig, fn:Path):
+    "Save `fig` as a PNG at `fn` through a temporary file and a rename (an existing picture is never half-written)"
+    import matplotlib.pyplot as plt
+    fd, tmp = tempfile.mkstemp(dir=fn.parent, prefix=f'.{fn.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight')
+        os.chmod(tmp, 0o666 & ~_umask())  # as `open` would have made it (mkstemp makes it private)
+        os.replace(tmp, fn)
+    except BaseException:
+        if os.path.exists(tmp): os.unlink(tmp)
+        raise
+    finally: plt.close(fig)
+
+
+def _loss_name(learn) -> str: return getattr(learn.loss_func, '__name__', type(learn.loss_func).__name__)
+
+
+def _write_report(learn, dl, folder:str, what:str, with_loss:bool) -> list:
+    "The report's PNGs for `learn` on the labelled loader `dl` (`what` images), in `folder`; returns their paths"
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from fastai.interpret import ClassificationInterpretation
+    from .plots import plot_weights
+    out = Path(folder).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    def save(key, fig):
+        fn = out/_REPORT_FILES[key]
+        _save_fig(fig, fn)
+        written.append(fn)
+    if with_loss:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        rec = learn.recorder
+        rec.plot_loss(skip_start=min(5, len(rec.losses)//4), ax=ax)
+        ax.set_title(f'{_loss_name(learn)} per step: training, and validation after each epoch')
+        save('loss', fig)
+    a, b = learn.dls.vocab
+    with learn.no_bar():
+        interp = ClassificationInterpretation.from_learner(learn, dl=dl)
+        interp.plot_confusion_matrix(title=f'{a} vs {b}: {len(dl.dataset):,} {what} images', figsize=(4, 4))
+        save('confusion', plt.gcf())
+        save('weights', plot_weights(learn))
+        interp.plot_top_losses(min(_N_WORST, len(dl.dataset)))
+        save('worst', plt.gcf())
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Commands
+
+def _fit(learn, args):
+    "Train `learn` as `args` say: the one place where `train` fits (distributed training wraps this)"
+    if args.one_cycle: learn.fit_one_cycle(args.epochs, args.lr)
+    else: learn.fit(args.epochs, args.lr)
+
+
+def _quiet_bars_unless_terminal():
+    "In a log or a pipe, only fastai's per-epoch table: the bars redraw themselves with carriage returns, for terminals"
+    if not sys.stdout.isatty():
+        from fastprogress import fastprogress
+        fastprogress.NO_BAR = True  # (its own check, `getattr(stdout, 'isatty', False)`, is always true)
+        fastprogress.ConsoleProgressBar.fill = ''  # each bar prints it once, to test the terminal's encoding
+
+
+def _train(args) -> int:
+    from fastai.torch_core import rank_distrib
+    from .learner import binary_learner
+    from .data import check_pair
+    from .distributed import distrib_ctx_if_launched
+    pair = check_pair(tuple(args.pair))
+    out = Path(args.out).expanduser().absolute()
+    if out.is_dir(): raise IsADirectoryError(f"--out {args.out} is a folder; give a file name such as model.pkl")
+    _quiet_bars_unless_terminal()
+    dls, source = _load_dls(args, pair, args.valid)
+    learn = binary_learner(dls, args.arch, lr=args.lr, seed=args.seed)
+    what = 'official testing' if args.valid == 'testing' else 'held-out training'
+    if not rank_distrib():
+        print(f"Training {args.arch} on {pair[0]} vs {pair[1]} from {source}: {len(dls.train.dataset):,} training "
+              f"images, {len(dls.valid.dataset):,} {what} images for validation", flush=True)
+    with distrib_ctx_if_launched(learn): _fit(learn, args)  # under `torchrun`: fastai's `distrib_ctx`, else as is
+    if rank_distrib(): return 0  # the other processes of a distributed run: rank 0 alone exports, prints and reports
+    out.parent.mkdir(parents=True, exist_ok=True)
+    learn.export(out)
+    print(f"Exported the learner to {args.out}")
+    if args.report:
+        for fn in _write_report(learn, dls.valid, args.report, 'validation', with_loss=True): print(f"Wrote {fn}")
+    return 0
+
+
+def _predict(args) -> int:
+    learn = _load_model(args.model)
+    dl = learn.dls.test_dl(args.images)  # names any missing or unreadable image
+    with learn.no_bar(): probs, _ = learn.get_preds(dl=dl)  # the loss's activation: the probability of vocab[1]
+    a, b = learn.dls.vocab
+    for fn, p in zip(args.images, probs.view(-1).tolist()):
+        digit, prob = (b, p) if p > 0.5 else (a, 1-p)
+        if args.json:
+            print(json.dumps(dict(image=fn, digit=digit, probability=round(prob, 6),
+                                  probabilities={str(a): round(1-p, 6), str(b): round(p, 6)})))
+        else: print(f"{fn}: {digit} ({prob:.3f})")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import numpy as np
+    from fastai.interpret import ClassificationInterpretation
+    _quiet_bars_unless_terminal()
+    learn = _load_model(args.model)
+    pair = tuple(learn.dls.vocab)
+    dls, source = _load_dls(args, pair, 'testing')
+    learn.dls = dls
+    learn.model.to(dls.device)
+    dl = dls.valid
+    with learn.no_bar():
+        loss = float(learn.validate(dl=dl)[0])
+        cm = ClassificationInterpretation.from_learner(learn, dl=dl).confusion_matrix()
+    acc = float(np.trace(cm)/cm.sum())
+    loss_name = _loss_name(learn)
+    if args.json:
+        print(json.dumps(dict(model=args.model, pair=list(pair), source=source, images=int(cm.sum()), accuracy=acc,
+                              loss=loss, loss_func=loss_name, confusion_matrix=cm.tolist())))
+    else:
+        print(f"{args.model}: {pair[0]} vs {pair[1]} on the official testing images of {source} "
+              f"({int(cm.sum()):,} images)")
+        print(f"accuracy  {acc:.4f}")
+        print(f"loss      {loss:.4f} ({loss_name})")
+        print("confusion matrix (rows: actual, columns: predicted)")
+        w = max(6, len(str(cm.max())) + 2)
+        print(' '*4 + ''.join(f'{d:>{w}}' for d in pair))
+        for d, row in zip(pair, cm): print(f'{d:>4}' + ''.join(f'{n:>{w}}' for n in row))
+    if args.report:
+        for fn in _write_report(learn, dl, args.report, 'testing', with_loss=False):
+            print(f"Wrote {fn}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def main(argv:list[str]|None=None) -> int:
+    "Run the command line on `argv` (default: `sys.argv[1:]`); returns the exit code"
+    args = _parser().parse_args(argv)  # bad usage: argparse prints the usage and exits with 2
+    try: return args.func(args)
+    except _USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

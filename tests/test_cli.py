@@ -1,0 +1,285 @@
+"The command line for real: `python -m fastai_binary_digits` trains, exports, predicts and evaluates on real digits"
+import json, os, re, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fastai_binary_digits.cli import main
+
+PAIR = (4, 8)
+REPORT_TRAIN = {'loss.png', 'confusion_matrix.png', 'weights.png', 'top_losses.png'}
+REPORT_EVALUATE = REPORT_TRAIN - {'loss.png'}
+OFFLINE = {v: 'http://127.0.0.1:9' for v in ('https_proxy', 'http_proxy', 'HTTPS_PROXY', 'HTTP_PROXY')}  # a closed port
+
+
+def cli(*args, cwd, env=None, check=True) -> subprocess.CompletedProcess:
+    "Run `python -m fastai_binary_digits *args` in a new process"
+    full_env = {**os.environ, **(env or {})}
+    for v in ('no_proxy', 'NO_PROXY'):
+        if env and v not in env: full_env.pop(v, None)
+    res = subprocess.run([sys.executable, '-m', 'fastai_binary_digits', *map(str, args)], cwd=cwd, env=full_env,
+                         capture_output=True, text=True, timeout=300)
+    assert 'Traceback' not in res.stderr, res.stderr
+    if check: assert res.returncode == 0, f'exit {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}'
+    return res
+
+
+def lines(text:str) -> list:
+    "Non-empty lines, without what fastprogress draws before a carriage return"
+    return [l for l in (l.rsplit('\r', 1)[-1].strip() for l in text.split('\n')) if l]
+
+
+def assert_real_png(fn:Path, min_side:int=150):
+    "`fn` is a PNG picture with something drawn in it"
+    with Image.open(fn) as im:
+        assert im.format == 'PNG'
+        im.verify()
+    with Image.open(fn) as im:
+        assert min(im.size) >= min_side, im.size
+        lo, hi = im.convert('L').getextrema()
+        assert hi - lo > 100  # not a blank page
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Train once, then use the model
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "4 vs 8 trained on the bundled sample for 3 epochs, exported, with its report"
+    d = tmp_path_factory.mktemp('cli_train')
+    res = cli('train', '--sample', '--pair', *PAIR, '--epochs', 3, '--seed', 0, '--out', 'models/model.pkl',
+              '--report', 'report', cwd=d)
+    return d, res
+
+
+@pytest.fixture(scope='module')
+def images(sample_png, tmp_path_factory):
+    "Real testing digits: 4 of each digit as PNG files, and one of each as a 56x56 RGB picture"
+    d = tmp_path_factory.mktemp('cli_images')
+    res = []
+    for digit in PAIR:
+        fns = sorted((sample_png/'testing'/str(digit)).glob('*.png'))[:4]
+        res += [(fn, digit) for fn in fns]
+        big = d/f'rgb56_{digit}_{fns[0].stem}.png'
+        with Image.open(fns[0]) as im: im.convert('RGB').resize((56, 56), Image.BILINEAR).save(big)
+        res.append((big, digit))
+    return res
+
+
+def test_train_shows_the_table_and_exports(trained):
+    d, res = trained
+    out = lines(res.stdout)
+    assert out[0].startswith('Training linear on 4 vs 8 from the bundled sample: 1,600 training images')
+    head = out.index(next(l for l in out if l.startswith('epoch')))
+    assert out[head].split() == ['epoch', 'train_loss', 'valid_loss', 'batch_accuracy', 'time']
+    rows = [l.split() for l in out[head+1:head+4]]
+    assert [r[0] for r in rows] == ['0', '1', '2']
+    assert float(rows[-1][3]) > 0.9  # validation accuracy after 3 epochs
+    assert (d/'models'/'model.pkl').stat().st_size > 1000
+    assert 'Exported the learner to models/model.pkl' in out
+    assert 'notice' not in res.stderr
+
+
+def test_train_report_is_real_pictures(trained):
+    d, _ = trained
+    assert {p.name for p in (d/'report').iterdir()} == REPORT_TRAIN  # no temporary files left behind
+    for fn in REPORT_TRAIN: assert_real_png(d/'report'/fn)
+
+
+def test_cnn_one_cycle_on_the_official_testing_images(tmp_path):
+    res = cli('train', '--sample', '--pair', 1, 7, '--arch', 'cnn', '--one-cycle', '--valid', 'testing', '--epochs', 2,
+              '--seed', 0, '--out', 'cnn.pkl', cwd=tmp_path)
+    out = lines(res.stdout)
+    assert out[0] == ('Training cnn on 1 vs 7 from the bundled sample: 2,000 training images, 400 official testing '
+                      'images for validation')
+    rows = [l.split() for l in out if re.match(r'\d+\s', l)]
+    assert [r[0] for r in rows] == ['0', '1'] and float(rows[-1][3]) > 0.8  # 2 epochs; batchnorm's statistics settle
+    assert (tmp_path/'cnn.pkl').exists()
+
+
+def test_predict_real_images_of_any_size_and_colour(trained, images):
+    d, _ = trained
+    res = cli('predict', d/'models'/'model.pkl', *[fn for fn, _ in images], cwd=d)
+    out = lines(res.stdout)
+    assert len(out) == len(images)
+    got = []
+    for line, (fn, digit) in zip(out, images):
+        m = re.fullmatch(r'(.+): (\d) \((0\.\d{3}|1\.000)\)', line)
+        assert m and m[1] == str(fn), line
+        assert int(m[2]) in PAIR and 0.5 <= float(m[3]) <= 1
+        got.append(int(m[2]))
+    assert sum(g == digit for g, (_, digit) in zip(got, images)) >= len(images) - 2  # a 3-epoch linear model: ~95%
+    # the 56x56 RGB copies get the same answer as their 28x28 greyscale originals
+    assert got[4] == got[0] and got[9] == got[5]
+
+
+def test_predict_json(trained, images):
+    d, _ = trained
+    fns = [fn for fn, _ in images]
+    text = cli('predict', '--json', d/'models'/'model.pkl', *fns, cwd=d).stdout
+    rows = [json.loads(l) for l in text.splitlines()]
+    assert [r['image'] for r in rows] == [str(fn) for fn in fns]
+    for r in rows:
+        p = r['probabilities']
+        assert set(p) == {'4', '8'} and abs(p['4'] + p['8'] - 1) < 1e-5
+        assert r['digit'] == int(max(p, key=p.get)) and r['probability'] == max(p.values())
+
+
+def _evaluation(text:str) -> dict:
+    "accuracy, loss and confusion matrix read back from `evaluate`'s text"
+    out = lines(text)
+    acc = float(next(l for l in out if l.startswith('accuracy')).split()[1])
+    loss = float(next(l for l in out if l.startswith('loss')).split()[1])
+    i = out.index('confusion matrix (rows: actual, columns: predicted)')
+    assert out[i+1].split() == ['4', '8']
+    cm = [[int(n) for n in l.split()[1:]] for l in out[i+2:i+4]]
+    assert [l.split()[0] for l in out[i+2:i+4]] == ['4', '8']
+    return dict(accuracy=acc, loss=loss, confusion_matrix=cm)
+
+
+@pytest.fixture(scope='module')
+def evaluated(trained):
+    "`evaluate` of the trained model on the sample's testing images, with a report"
+    d, _ = trained
+    return d, cli('evaluate', 'models/model.pkl', '--sample', '--report', 'eval_report', cwd=d)
+
+
+def test_evaluate_on_the_testing_images_with_report(evaluated):
+    d, res = evaluated
+    assert 'models/model.pkl: 4 vs 8 on the official testing images of the bundled sample (400 images)' in res.stdout
+    ev = _evaluation(res.stdout)
+    cm = ev['confusion_matrix']
+    assert [sum(r) for r in cm] == [200, 200]  # the sample holds 200 testing images per digit
+    assert ev['accuracy'] == pytest.approx((cm[0][0] + cm[1][1])/400, abs=1e-4) and ev['accuracy'] > 0.9
+    assert 0 < ev['loss'] < 0.5
+    assert {p.name for p in (d/'eval_report').iterdir()} == REPORT_EVALUATE
+    for fn in REPORT_EVALUATE: assert_real_png(d/'eval_report'/fn)
+
+
+def test_evaluate_json_from_fastai_home_matches_the_text(evaluated, sample_png, tmp_path):
+    "--json says what the text says; the default source is fastai's MNIST as `untar_data` leaves it in FASTAI_HOME"
+    d, res = evaluated
+    ev = _evaluation(res.stdout)
+    home = tmp_path/'fastai_home'
+    shutil.copytree(sample_png, home/'data'/'mnist_png', ignore=shutil.ignore_patterns('.fastai_binary_digits'))
+    res = cli('evaluate', d/'models'/'model.pkl', '--json', cwd=tmp_path, env={'FASTAI_HOME': str(home), **OFFLINE})
+    assert 'notice' not in res.stderr  # found in FASTAI_HOME: no fallback
+    r = json.loads(res.stdout)
+    assert r['source'] == "fastai's MNIST" and r['pair'] == [4, 8] and r['images'] == 400
+    assert r['confusion_matrix'] == ev['confusion_matrix'] and r['loss_func'] == 'mnist_loss'
+    assert r['accuracy'] == pytest.approx(ev['accuracy'], abs=1e-4) and r['loss'] == pytest.approx(ev['loss'], abs=1e-4)
+
+
+def test_offline_fallback_to_the_bundled_sample_same_seed_same_table(trained, tmp_path):
+    """A fresh machine without network: fastai's MNIST is neither cached nor downloadable, so train says so in one line
+    and trains on the bundled sample, which, with the same seed, gives the same table as `--sample`"""
+    env = {'FASTAI_HOME': str(tmp_path/'empty_fastai_home'), **OFFLINE}
+    res = cli('train', '--pair', *PAIR, '--epochs', 3, '--seed', 0, '--out', 'm.pkl', cwd=tmp_path, env=env)
+    notices = [l for l in lines(res.stderr) if 'notice' in l]
+    assert len(notices) == 1 and re.search(r"fastai's MNIST is neither cached nor downloadable.*bundled sample",
+                                           notices[0]), res.stderr
+    assert 'Training linear on 4 vs 8 from the bundled sample' in res.stdout and (tmp_path/'m.pkl').exists()
+    table = lambda res: [l.split()[:4] for l in lines(res.stdout) if re.match(r'\d+\s', l)]  # without the times
+    assert len(table(res)) == 3 and table(res) == table(trained[1])
+
+
+def test_console_script_is_python_m(tmp_path, capsys):
+    script = Path(sys.executable).parent/'fastai-binary-digits'
+    if not script.exists(): pytest.skip(f'the console script is not installed beside {sys.executable}')
+    res = subprocess.run([script, '--help'], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    with pytest.raises(SystemExit): main(['--help'])  # what `python -m fastai_binary_digits --help` prints
+    assert res.returncode == 0 and res.stdout == capsys.readouterr().out
+    assert all(c in res.stdout for c in ('train', 'predict', 'evaluate'))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --help, and bad usage: exit code 2 and one clear message, never a traceback
+
+@pytest.mark.parametrize('cmd, words', [
+    ('train', ['--pair', '--arch', 'linear,simple,deep,cnn', '--epochs', '--lr', '--bs', '--seed', '--one-cycle',
+               '--valid', '--sample', '--path', '--out', '--report', '(default: 20)']),
+    ('predict', ['MODEL', 'IMAGE', '--json', 'probability']),
+    ('evaluate', ['MODEL', '--sample', '--path', '--report', '--json', 'official']),
+])
+def test_help(cmd, words, capsys):
+    with pytest.raises(SystemExit) as e: main([cmd, '--help'])
+    assert e.value.code == 0
+    text = ' '.join(capsys.readouterr().out.split())
+    for w in words: assert w in text, w
+
+
+@pytest.fixture(scope='module')
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp('cli_bad')
+    (d/'garbage.pkl').write_bytes(b'not a pickle at all')
+    (d/'not_an_image.png').write_text('hello')
+    import torch
+    torch.save({'weights': torch.zeros(3)}, d/'dict.pkl')  # a real pickle, but not a learner
+    return d
+
+
+BAD = [  # (arguments, the message on stderr); {d}: a folder of bad files, {model}: a real model
+    ([], r'required: COMMAND'),
+    (['fly'], r"invalid choice: 'fly'"),
+    (['train', '--pair', '3', '3', '--sample'], r"`pair` must be two distinct digits 0-9.*got \(3, 3\)"),
+    (['train', '--pair', '4', '12', '--sample'], r"`pair` must be two distinct digits 0-9.*got \(4, 12\)"),
+    (['train', '--pair', 'x', '1'], r"argument --pair: invalid int value: 'x'"),
+    (['train', '--pair', '4'], r"argument --pair: expected 2 arguments"),
+    (['train', '--arch', 'resnet'], r"argument --arch: invalid choice: 'resnet'"),
+    (['train', '--epochs', '0'], r"argument --epochs: must be a whole number of at least 1, got '0'"),
+    (['train', '--lr', '-1'], r"argument --lr: must be a number above 0, got '-1'"),
+    (['train', '--bs', 'big'], r"argument --bs: must be a whole number of at least 1, got 'big'"),
+    (['train', '--valid', 'test'], r"argument --valid: invalid choice: 'test'"),
+    (['train', '--sample', '--path', '{d}'], r"argument --path: not allowed with argument --sample"),
+    (['train', '--path', '{d}/nowhere'], r"`path` .*nowhere does not exist"),
+    (['train', '--path', '{d}'], r"holds no MNIST data. Expected fastai's mnist_png layout"),
+    (['train', '--sample', '--out', '{d}'], r"--out .* is a folder"),
+    (['predict', '{d}/missing.pkl', 'x.png'], r"Model file .*missing.pkl does not exist"),
+    (['predict', '{d}', 'x.png'], r"is not a file"),
+    (['predict', '{d}/garbage.pkl', 'x.png'], r"Could not load the model .*garbage.pkl"),
+    (['predict', '{d}/dict.pkl', 'x.png'], r"Could not load the model .*dict.pkl"),
+    (['predict', '{model}'], r"required: IMAGE"),
+    (['predict', '{model}', '{d}/missing.png'], r"Image file .*missing.png does not exist"),
+    (['predict', '{model}', '{d}/not_an_image.png'], r"Could not read the image .*not_an_image.png"),
+    (['evaluate', '{d}/missing.pkl', '--sample'], r"Model file .*missing.pkl does not exist"),
+    (['evaluate', '{d}/garbage.pkl', '--sample'], r"Could not load the model"),
+    (['evaluate', '{model}', '--path', '{d}/nowhere'], r"`path` .*nowhere does not exist"),
+]
+
+
+@pytest.mark.parametrize('args, message', BAD, ids=[' '.join(a) or 'nothing' for a, _ in BAD])
+def test_bad_usage_exits_2_with_a_clear_message(args, message, trained, bad_files, capsys, monkeypatch):
+    from fastprogress import fastprogress
+    monkeypatch.setattr(fastprogress, 'NO_BAR', fastprogress.NO_BAR)  # restored after `main` quiets the bars
+    monkeypatch.setattr(fastprogress.ConsoleProgressBar, 'fill', fastprogress.ConsoleProgressBar.fill)
+    d, _ = trained
+    args = [a.format(d=bad_files, model=d/'models'/'model.pkl') for a in args]
+    try: code = main(args)
+    except SystemExit as e: code = e.code  # argparse's usage errors
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.search(message, err), err
+    assert 'Traceback' not in err
+    if 'usage:' not in err: assert len(lines(err)) == 1 and err.startswith('error: ')  # one line from the library
+
+
+@pytest.mark.parametrize('args, message', [
+    (['predict', 'missing.pkl', 'x.png'], r"^error: Model file missing.pkl does not exist"),
+])
+def test_bad_usage_exit_status_of_the_process(args, message, tmp_path):
+    res = cli(*args, cwd=tmp_path, check=False)
+    assert res.returncode == 2 and res.stdout == ''
+    assert re.search(message, res.stderr, re.M), res.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The full MNIST set, when CI passes it in
+
+def test_train_and_evaluate_on_the_full_set(idx_dir, tmp_path):
+    res = cli('train', '--path', idx_dir, '--pair', *PAIR, '--epochs', 1, '--valid', 'testing', '--seed', 0,
+              '--out', 'full.pkl', cwd=tmp_path)
+    assert '11,693 training images, 1,956 official testing images for validation' in res.stdout
+    r = json.loads(cli('evaluate', 'full.pkl', '--path', idx_dir, '--json', cwd=tmp_path).stdout)
+    assert r['images'] == 1956 and [sum(row) for row in r['confusion_matrix']] == [982, 974]
+    assert r['accuracy'] > 0.95

@@ -1,19 +1,22 @@
 "`binary_learner`: a fastai `Learner` for a pair of digits, with the book's loss, metric and optimizer"
 from __future__ import annotations
 import os, random
+from operator import attrgetter
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from fastcore.meta import delegates
 from fastai.callback.core import event
 import fastai.callback.progress  # adds fastai's progress bars and table to every Learner's default callbacks
 import fastai.callback.schedule  # adds `fit_one_cycle` and `lr_find` to `Learner`
 from fastai.learner import Learner
-from fastai.optimizer import SGD
-from fastai.torch_core import rank_distrib, set_seed
+from fastai.optimizer import SGD, Optimizer
+from fastai.torch_core import defaults, num_distrib, rank_distrib, set_seed
+from fastcore.foundation import L
 
-from .data import check_device
+from .data import BinaryDigitsDL, _on, check_device
+from .optimizer import SGDOptimizer, _RECIPES as _SGD_RECIPES
 from .losses import batch_accuracy, mnist_loss
 from .models import ARCHS
 
@@ -21,11 +24,16 @@ __all__ = ['BinaryLearner', 'binary_learner', 'get_model']
 
 
 class BinaryLearner(Learner):
-    "A fastai `Learner` that, per event, calls only the callbacks that define it (fastai asks every one, every time)"
+    """A fastai `Learner` with a lighter step: per event it calls only the callbacks that define it (fastai asks every
+    one, every time), leaves batches already on the model's device as they are, and steps fastai's `SGD` per group"""
+
+    def __call__(self, event_name):
+        if isinstance(event_name, str): self._call_one(event_name)
+        else: L(event_name).map(self._call_one)
 
     def _call_one(self, event_name:str):
         cbs = tuple(self.cbs.items)
-        key = (event_name, cbs, tuple(cb.order for cb in cbs))  # any change to the callbacks or their order is a new key
+        key = (event_name, cbs, tuple(map(_order, cbs)))  # any change to the callbacks or their order is a new key
         dispatch = self.__dict__.setdefault('_dispatch', {})
         todo = dispatch.get(key)
         if todo is None:
@@ -35,6 +43,25 @@ class BinaryLearner(Learner):
             todo = dispatch[key] = tuple(cb for cb in sorted(cbs, key=lambda cb: cb.order)
                                          if event_name == 'after_fit' or _defines(cb, event_name))
         for cb in todo: cb(event_name)
+
+    def _set_device(self, b):
+        "fastai's `_set_device`: `b` on the model's device (where fastai's two branches both send it)"
+        if defaults.use_cuda != False and _on(b, next(self.model.parameters()).device): return b
+        return super()._set_device(b)
+
+    def to_detach(self, b, cpu:bool=True, gather:bool=True):
+        "fastai's `to_detach`, without its recursion for a single tensor from our loaders outside distributed training"
+        dl = self.__dict__.get('dl')
+        if type(b) is Tensor and type(dl) is BinaryDigitsDL and not (gather and num_distrib() > 1):
+            b = b.detach()
+            return b.cpu() if cpu else b
+        return super().to_detach(b, cpu, gather)
+
+    def create_opt(self):
+        "fastai's `create_opt`; an optimizer made of fastai's `SGD` callbacks then steps each group in batched updates"
+        super().create_opt()
+        if type(self.opt) is Optimizer and tuple(self.opt.cbs) in _SGD_RECIPES:
+            self.opt.__class__ = SGDOptimizer  # the same object and state: `SGDOptimizer` only overrides `step`, `zero_grad`
 
     def export(self, fname:str|Path='export.pkl', **kwargs):
         "fastai's `export`, written to a temporary file then renamed, so an existing export is never left half-written"
@@ -47,6 +74,9 @@ class BinaryLearner(Learner):
             os.replace(tmp, target)
         finally:
             if tmp.exists(): tmp.unlink()
+
+
+_order = attrgetter('order')
 
 
 def _defines(cb, event_name:str) -> bool:

@@ -81,13 +81,19 @@ def _sort_key(name:str):
     stem = name.rsplit('.', 1)[0]
     return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
 
-def _list_images(folder:Path):
-    """The image file names of `folder` and a fingerprint of the folder: its names and modification time.
-    (Adding, removing or renaming a file changes both; a file overwritten in place under the same name does not.)"""
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(_IMAGE_EXTS))
+def _list_folder(folder:Path):
+    """The entries of `folder` and a fingerprint of the folder: its modification time and its entries' names.
+    (Adding, removing or renaming a file changes both; a file overwritten in place under the same name does not.
+    The names are hashed as listed, unsorted and unfiltered, which keeps a cache hit cheap: a folder that a file
+    system lists in another order is decoded once more, never read from a stale cache.)"""
+    entries = os.listdir(folder)
     h = hashlib.sha1(f'{os.stat(folder).st_mtime_ns}\n'.encode())
-    h.update('\n'.join(names).encode())
-    return names, h.hexdigest()
+    h.update('\n'.join(entries).encode())
+    return entries, h.hexdigest()
+
+def _image_names(entries) -> list:
+    "The image files among a folder's `entries`, in index order (as in the original file)"
+    return sorted((n for n in entries if n.lower().endswith(_IMAGE_EXTS)), key=_sort_key)
 
 def _decode_folder(folder:Path, names) -> torch.Tensor:
     "Decode the images `names` of `folder` into one uint8 tensor (n, 28, 28)"
@@ -129,11 +135,11 @@ def _write_atomic(obj, fn:Path):
 
 def _load_png_digit(folder:Path, cache:bool=True):
     "`(images, indices)` of one digit folder, from the cache when it matches the folder, else decoded (and cached)"
-    names, fingerprint = _list_images(folder)
-    if not names: raise FileNotFoundError(f"{folder} holds no images; expected one PNG per MNIST image")
+    entries, fingerprint = _list_folder(folder)
     cache_fn = folder.parent.parent/_CACHE_DIR/f'{folder.parent.name}-{folder.name}.pt'
     if cache and (hit := _read_cache(cache_fn, fingerprint)) is not None: return hit
-    names.sort(key=_sort_key)  # index order, as in the original file
+    names = _image_names(entries)
+    if not names: raise FileNotFoundError(f"{folder} holds no images; expected one PNG per MNIST image")
     images, indices = _decode_folder(folder, names), _indices(names)
     if cache:
         try: _write_atomic(dict(format=_CACHE_FORMAT, fingerprint=fingerprint, images=images, indices=indices), cache_fn)

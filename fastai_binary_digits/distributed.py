@@ -41,6 +41,13 @@ _HAS_ACCELERATE = find_spec('accelerate') is not None  # `fastai.distributed` ne
 if _HAS_ACCELERATE: _fix_distributed_dl()
 
 
+def require_accelerate():
+    "A clear error when Hugging Face Accelerate, which fastai's `distrib_ctx` uses, is not installed"
+    if not _HAS_ACCELERATE:
+        raise ModuleNotFoundError("Distributed training needs Hugging Face Accelerate, which fastai's `distrib_ctx` "
+                                  "uses: pip install 'fastai-binary-digits[distributed]'")
+
+
 def _fingerprint(dl) -> str:
     "A hash of the images and labels of `dl`, in order"
     ds, h = dl.dataset, hashlib.sha1()
@@ -69,9 +76,7 @@ def distrib_ctx_if_launched(learn:Learner, **kwargs):
     if num_distrib() <= 1:
         yield learn
         return
-    if not _HAS_ACCELERATE:
-        raise ModuleNotFoundError("Distributed training (WORLD_SIZE > 1) needs Hugging Face Accelerate, which fastai's "
-                                  "`distrib_ctx` uses: pip install 'fastai-binary-digits[distributed]'")
+    require_accelerate()
     from fastai.distributed import teardown_distrib  # importing it adds `Learner.distrib_ctx`
     kwargs.setdefault('cpu', not torch.cuda.is_available())
     try:

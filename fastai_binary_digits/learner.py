@@ -63,6 +63,13 @@ class BinaryLearner(Learner):
         if type(self.opt) is Optimizer and tuple(self.opt.cbs) in _SGD_RECIPES:
             self.opt.__class__ = SGDOptimizer  # the same object and state: `SGDOptimizer` only overrides `step`, `zero_grad`
 
+    def distrib_ctx(self, *args, **kwargs):
+        "fastai's `distrib_ctx`, after the package's fix that lets fastai's `DistributedDL` run on CPU backends (gloo)"
+        from .distributed import require_accelerate  # importing it applies the fix
+        require_accelerate()
+        import fastai.distributed  # adds `Learner.distrib_ctx`
+        return Learner.distrib_ctx(self, *args, **kwargs)
+
     def export(self, fname:str|Path='export.pkl', **kwargs):
         "fastai's `export`, written to a temporary file then renamed, so an existing export is never left half-written"
         if rank_distrib(): return  # as fastai: only the main process exports

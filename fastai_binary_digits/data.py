@@ -70,23 +70,6 @@ class DigitTensors:
     def __repr__(self): return f'{type(self).__name__}({len(self)} images of digits {list(self.vocab)})'
 
 
-class _Perm(list):
-    "An epoch's shuffled indices: a list, as fastai's `get_idxs` returns, that keeps its tensor for slicing batches"
-    def __init__(self, perm:Tensor):
-        super().__init__(perm.tolist())
-        self.perm = perm  # dropped by any change to the list, which is then read as a plain list
-
-def _forgetting(name):
-    def f(self, *args, **kwargs):
-        self.perm = None
-        return getattr(list, name)(self, *args, **kwargs)
-    return f
-
-for _name in ('__setitem__', '__delitem__', '__iadd__', '__imul__', 'append', 'extend', 'insert', 'pop', 'remove',
-              'reverse', 'sort', 'clear'):
-    setattr(_Perm, _name, _forgetting(_name))
-
-
 def _on(b, device) -> bool:
     "Whether batch `b` is a tuple of plain tensors already on `device` (so fastai's `to_device` would return it as is)"
     return type(b) is tuple and all(type(o) is Tensor and o.device == device for o in b)
@@ -145,7 +128,7 @@ class BinaryDigitsDL(TfmdDL):
     def get_idxs(self):
         if not self.shuffle: return range(self.n)
         g = torch.Generator().manual_seed(self.rng.getrandbits(63))  # from fastai's per-epoch `rng`: seeds carry over
-        return _Perm(torch.randperm(self.n, generator=g))
+        return torch.randperm(self.n, generator=g).tolist()  # a list, as fastai's (DistributedDL shares it out)
 
     def sample(self):
         "All of this epoch's indices at once (one process, no workers) rather than a generator of ints"
@@ -172,9 +155,7 @@ class BinaryDigitsDL(TfmdDL):
             idxs = None
             n, start = len(samps), samps.start
         else:                                              # shuffled, or a share handed over by `DistributedDL`
-            idxs = samps.perm if isinstance(samps, _Perm) and samps.perm is not None else torch.as_tensor(
-                samps if isinstance(samps, list) else list(samps), dtype=torch.long)
-            idxs = idxs.to(ds.x.device)
+            idxs = torch.as_tensor(samps if isinstance(samps, list) else list(samps), dtype=torch.long, device=ds.x.device)
             n, start = len(idxs), 0
         for i in range(0, n, bs):
             if self.drop_last and i + bs > n: break

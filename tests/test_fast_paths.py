@@ -14,7 +14,7 @@ from fastai.learner import Learner
 from fastai.optimizer import SGD, Adam, Optimizer
 from fastai.torch_core import to_detach
 from fastai_binary_digits import BinaryDigitsDataLoaders, batch_accuracy, binary_learner, deep_net, mnist_loss
-from fastai_binary_digits.data import _images_to_x, _Perm
+from fastai_binary_digits.data import _images_to_x
 from fastai_binary_digits.learner import BinaryLearner
 from fastai_binary_digits.mnist import load_digits
 from fastai_binary_digits.optimizer import SGDOptimizer
@@ -230,13 +230,6 @@ def test_batch_transforms_still_apply(dls):
     dl = dls.valid.new(after_batch=[Double()])
     x, y = dl.one_batch()
     assert torch.equal(x, dls.valid.dataset.x[:256]*2)
-
-
-def test_changed_index_list_is_read_as_a_list():
-    p = _Perm(torch.tensor([2, 0, 1]))
-    assert p == [2, 0, 1] and p.perm is not None
-    p.reverse()
-    assert p == [1, 0, 2] and p.perm is None  # any change drops the tensor: the loader then reads the list
 
 
 def test_to_detach_matches_fastai(dls):

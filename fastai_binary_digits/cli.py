@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse, json, os, sys, tempfile, textwrap, warnings
 from pathlib import Path
 
-import fastai.callback.progress  # noqa: F401  (fastai's progress bars and per-epoch table; `Learner.no_bar`)
-
 __all__ = ['main']
 
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ConnectionError, PermissionError, IsADirectoryError,

@@ -12,6 +12,7 @@ from fastai.data.transforms import CategoryMap
 from fastai.imports import dispatch
 
 from .mnist import find_source, load_source
+from .plots import _grid_axes
 
 __all__ = ['DigitTensors', 'BinaryDigitsDL', 'BinaryDigitsDataLoaders', 'TensorDigits', 'check_pair', 'check_device']
 
@@ -190,14 +191,8 @@ class BinaryDigitsDL(TfmdDL):
 
 def _show_digits(x, titles=None, colors=None, suptitle=None, ncols=None, figsize=None, **kwargs):
     "A grid of 28x28 digits with titles; returns the figure"
-    import matplotlib.pyplot as plt
-    n = len(x)
-    ncols = ncols or min(n, int(np.ceil(np.sqrt(n))))
-    nrows = int(np.ceil(n/ncols))
-    fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (1.6*ncols, 1.8*nrows), squeeze=False)
-    for i, ax in enumerate(axs.flat):
-        ax.set_axis_off()
-        if i >= n: continue
+    fig, axs = _grid_axes(len(x), ncols, figsize)
+    for i, ax in enumerate(axs):
         ax.imshow(x[i].detach().cpu().reshape(28, 28).numpy(), cmap='Greys', vmin=0, vmax=1)
         if titles is not None: ax.set_title(titles[i], **({} if colors is None else dict(color=colors[i])))
     if suptitle: fig.suptitle(suptitle)

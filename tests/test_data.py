@@ -1,5 +1,5 @@
 "The data layer: the bundled sample, mnist_png through untar_data, IDX folders, the cache, the loaders, bad input"
-import gzip, hashlib, os, shutil, warnings
+import gzip, hashlib, shutil, warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +9,9 @@ from PIL import Image
 
 from fastai.data.core import DataLoaders
 from fastai.torch_core import default_device
-from fastai_binary_digits import BinaryDigitsDataLoaders, BinaryDigitsDL, DigitTensors
+from fastai_binary_digits import BinaryDigitsDataLoaders, BinaryDigitsDL
 from fastai_binary_digits.build_sample import build_sample
-from fastai_binary_digits.mnist import SAMPLE_PATH, load_digits, read_idx, write_mnist_png
+from fastai_binary_digits.mnist import SAMPLE_PATH, load_digits, read_idx
 
 
 # ---------------------------------------------------------------------------------------------------------------

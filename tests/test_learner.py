@@ -1,6 +1,5 @@
 "Loss, metric, models and `binary_learner` with real images and real fastai runs"
 import json, subprocess, sys, textwrap
-from pathlib import Path
 
 import matplotlib
 matplotlib.use('Agg')

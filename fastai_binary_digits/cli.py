@@ -303,6 +303,10 @@ def main(argv:list[str]|None=None) -> int:
     except _USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # an optional extra the command needs (`distributed`); any other is a bug
+        if e.name != 'accelerate': raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

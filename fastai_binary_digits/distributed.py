@@ -2,7 +2,7 @@
 The package adds no machinery of its own: one narrow fix that CPU training (gloo) needs, and a context for scripts
 and the command line that goes distributed only when launched by `torchrun`."""
 from __future__ import annotations
-import hashlib, os
+import atexit, hashlib, os
 from contextlib import contextmanager
 from importlib.util import find_spec
 
@@ -37,15 +37,24 @@ def _fix_distributed_dl():
     DistributedDL._broadcast = _broadcast
 
 
+def _destroy_process_group_at_exit():
+    """fastai's `distrib_ctx` leaves the process group Accelerate started alive, so fastai can still gather after it;
+    left to interpreter shutdown, gloo's worker threads can then abort the process (SIGABRT, "terminate called without
+    an active exception") after training went well. Destroy it while Python is still whole."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
+
+
 _HAS_ACCELERATE = find_spec('accelerate') is not None  # `fastai.distributed` needs it: the `distributed` extra
-if _HAS_ACCELERATE: _fix_distributed_dl()
+if _HAS_ACCELERATE:
+    _fix_distributed_dl()
+    atexit.register(_destroy_process_group_at_exit)
 
 
 def require_accelerate():
     "A clear error when Hugging Face Accelerate, which fastai's `distrib_ctx` uses, is not installed"
     if not _HAS_ACCELERATE:
         raise ModuleNotFoundError("Distributed training needs Hugging Face Accelerate, which fastai's `distrib_ctx` "
-                                  "uses: pip install 'fastai-binary-digits[distributed]'")
+                                  "uses: pip install 'fastai-binary-digits[distributed]'", name='accelerate')
 
 
 def _fingerprint(dl) -> str:

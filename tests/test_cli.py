@@ -283,3 +283,20 @@ def test_train_and_evaluate_on_the_full_set(idx_dir, tmp_path):
     r = json.loads(cli('evaluate', 'full.pkl', '--path', idx_dir, '--json', cwd=tmp_path).stdout)
     assert r['images'] == 1956 and [sum(row) for row in r['confusion_matrix']] == [982, 974]
     assert r['accuracy'] > 0.95
+
+
+def test_torchrun_without_accelerate_exits_2_with_the_install_line(tmp_path, capsys, monkeypatch):
+    "Launched as one of several processes (`WORLD_SIZE` > 1) where the `distributed` extra is missing"
+    from fastai_binary_digits import distributed
+    from fastprogress import fastprogress
+    monkeypatch.setattr(fastprogress, 'NO_BAR', fastprogress.NO_BAR)
+    monkeypatch.setattr(fastprogress.ConsoleProgressBar, 'fill', fastprogress.ConsoleProgressBar.fill)
+    monkeypatch.setattr(distributed, '_HAS_ACCELERATE', False)
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('RANK', '0')
+    code = main(['train', '--sample', '--pair', '4', '8', '--epochs', '1', '--out', str(tmp_path/'model.pkl')])
+    err = capsys.readouterr().err
+    assert code == 2 and 'Traceback' not in err, err
+    assert lines(err) == ["error: Distributed training needs Hugging Face Accelerate, which fastai's `distrib_ctx` "
+                          "uses: pip install 'fastai-binary-digits[distributed]'"]
+    assert not (tmp_path/'model.pkl').exists()

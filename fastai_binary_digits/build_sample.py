@@ -4,6 +4,7 @@ import argparse, gzip, hashlib
 from pathlib import Path
 
 import numpy as np
+from .files import atomic_path
 from .mnist import SAMPLE_PATH, SPLITS, _idx_file, read_idx
 
 __all__ = ['build_sample']
@@ -14,7 +15,8 @@ def _write_idx_gz(arr:np.ndarray, fn:Path):
     "Write `arr` as a gzip-compressed IDX file; gzip's time stamp and name are left out so equal input gives equal bytes"
     code = {np.dtype('uint8'): 0x08, np.dtype('int32'): 0x0C}[arr.dtype]
     header = bytes([0, 0, code, arr.ndim]) + b''.join(int(n).to_bytes(4, 'big') for n in arr.shape)
-    with open(fn, 'wb') as f, gzip.GzipFile(filename='', mode='wb', fileobj=f, mtime=0, compresslevel=9) as g:
+    with atomic_path(fn) as tmp, open(tmp, 'wb') as f, \
+         gzip.GzipFile(filename='', mode='wb', fileobj=f, mtime=0, compresslevel=9) as g:
         g.write(header + arr.astype(arr.dtype.newbyteorder('>')).tobytes())
 
 def build_sample(idx_dir:str|Path, out:str|Path=SAMPLE_PATH, per_digit:dict=PER_DIGIT) -> list:

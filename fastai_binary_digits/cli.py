@@ -1,7 +1,7 @@
 """The command line `fastai-binary-digits` (or `python -m fastai_binary_digits`): `train`, `predict`, `evaluate`.
 Exit codes: 0 on success, 2 on bad usage or bad input, which is reported in one `error:` line, never a traceback."""
 from __future__ import annotations
-import argparse, json, os, sys, tempfile, textwrap, warnings
+import argparse, json, sys, textwrap, warnings
 from pathlib import Path
 
 __all__ = ['main']
@@ -150,24 +150,12 @@ def _load_model(fn:str):
     return learn
 
 
-def _umask() -> int:
-    "The process's umask (reading it means setting it: set it back at once)"
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _save_fig(fig, fn:Path):
-    "Save `fig` as a PNG at `fn` through a temporary file and a rename (an existing picture is never half-written)"
+    "Save `fig` as a PNG at `fn`, atomically (an existing picture is never half-written), and close it"
     import matplotlib.pyplot as plt
-    fd, tmp = tempfile.mkstemp(dir=fn.parent, prefix=f'.{fn.name}.', suffix='.tmp')
+    from .files import atomic_path
     try:
-        with os.fdopen(fd, 'wb') as f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight')
-        os.chmod(tmp, 0o666 & ~_umask())  # as `open` would have made it (mkstemp makes it private)
-        os.replace(tmp, fn)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
+        with atomic_path(fn) as tmp: fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
     finally: plt.close(fig)
 
 

@@ -54,8 +54,9 @@ class DigitTensors:
     def __len__(self): return len(self.x)
     def __getitem__(self, i):
         "Rows `i`: an int, a slice (a view), or a 1-d tensor of indices (gathered with `index_select`, 2.5x `x[i]`)"
-        take = (lambda t: t.index_select(0, i)) if isinstance(i, Tensor) and i.ndim == 1 else (lambda t: t[i])
-        return (take(self.x),) if self.y is None else (take(self.x), take(self.y))
+        ts = (self.x,) if self.y is None else (self.x, self.y)
+        if isinstance(i, Tensor) and i.ndim == 1: return tuple(t.index_select(0, i) for t in ts)
+        return tuple(t[i] for t in ts)
     def to(self, device):
         return DigitTensors(self.x.to(device), None if self.y is None else self.y.to(device), self.vocab, self.indices)
     def new_empty(self):

@@ -37,17 +37,14 @@ def _fix_distributed_dl():
     DistributedDL._broadcast = _broadcast
 
 
-def _destroy_process_group_at_exit():
-    """fastai's `distrib_ctx` leaves the process group Accelerate started alive, so fastai can still gather after it;
-    left to interpreter shutdown, gloo's worker threads can then abort the process (SIGABRT, "terminate called without
-    an active exception") after training went well. Destroy it while Python is still whole."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
-
-
 _HAS_ACCELERATE = find_spec('accelerate') is not None  # `fastai.distributed` needs it: the `distributed` extra
 if _HAS_ACCELERATE:
     _fix_distributed_dl()
-    atexit.register(_destroy_process_group_at_exit)
+    # fastai's `distrib_ctx` leaves the process group Accelerate started alive, so fastai can still gather after it;
+    # left to interpreter shutdown, gloo's worker threads can then abort a run that trained well (SIGABRT, "terminate
+    # called without an active exception"). fastai's `teardown_distrib` destroys it while Python is still whole.
+    from fastai.distributed import teardown_distrib
+    atexit.register(teardown_distrib)
 
 
 def require_accelerate():

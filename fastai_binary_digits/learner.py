@@ -1,6 +1,6 @@
 "`binary_learner`: a fastai `Learner` for a pair of digits, with the book's loss, metric and optimizer"
 from __future__ import annotations
-import os, random
+import random
 from operator import attrgetter
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from fastai.torch_core import defaults, num_distrib, rank_distrib, set_seed
 from fastcore.foundation import L
 
 from .data import BinaryDigitsDL, _on, check_device
+from .files import atomic_path
 from .optimizer import SGDOptimizer, _RECIPES as _SGD_RECIPES
 from .losses import batch_accuracy, mnist_loss
 from .models import ARCHS
@@ -73,14 +74,8 @@ class BinaryLearner(Learner):
     def export(self, fname:str|Path='export.pkl', **kwargs):
         "fastai's `export`, written to a temporary file then renamed, so an existing export is never left half-written"
         if rank_distrib(): return  # as fastai: only the main process exports
-        target = self.path/fname
-        tmp = target.with_name(f'.{target.name}.{os.getpid()}.tmp')
         self.__dict__.pop('_dispatch', None)
-        try:
-            super().export(tmp, **kwargs)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists(): tmp.unlink()
+        with atomic_path(self.path/fname) as tmp: super().export(tmp, **kwargs)  # `tmp` is absolute: `path/tmp` is `tmp`
 
 
 _order = attrgetter('order')

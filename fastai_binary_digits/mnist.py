@@ -1,10 +1,12 @@
 "Where the digits come from: fastai's `mnist_png` folders, the original IDX files, or the bundled sample."
 from __future__ import annotations
-import gzip, hashlib, os, tempfile, warnings
+import gzip, hashlib, os, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_path
 
 __all__ = ['read_idx', 'load_digits', 'write_mnist_png', 'SAMPLE_PATH']
 
@@ -119,20 +121,6 @@ def _read_cache(fn:Path, fingerprint:str):
         warnings.warn(f"The image cache {fn} is unreadable ({type(e).__name__}: {e}); decoding the images again")
     return None
 
-def _write_atomic(obj, fn:Path):
-    "`torch.save` `obj` to `fn` through a temporary file and a rename, so `fn` is never half-written"
-    fn.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=fn.parent, prefix=f'.{fn.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, fn)
-    except BaseException:
-        try: os.unlink(tmp)
-        except OSError: pass
-        raise
-
 def _load_png_digit(folder:Path, cache:bool=True):
     "`(images, indices)` of one digit folder, from the cache when it matches the folder, else decoded (and cached)"
     entries, fingerprint = _list_folder(folder)
@@ -142,7 +130,10 @@ def _load_png_digit(folder:Path, cache:bool=True):
     if not names: raise FileNotFoundError(f"{folder} holds no images; expected one PNG per MNIST image")
     images, indices = _decode_folder(folder, names), _indices(names)
     if cache:
-        try: _write_atomic(dict(format=_CACHE_FORMAT, fingerprint=fingerprint, images=images, indices=indices), cache_fn)
+        try:
+            cache_fn.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cache_fn) as tmp:
+                torch.save(dict(format=_CACHE_FORMAT, fingerprint=fingerprint, images=images, indices=indices), tmp)
         except Exception as e:
             warnings.warn(f"Could not write the image cache {cache_fn} ({e}); the images will be decoded again next time")
     return images, indices

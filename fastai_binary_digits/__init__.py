@@ -5,11 +5,24 @@ import warnings
 # fastai's own layers.py calls the deprecated `torch.jit.script` on import; that warning is not the user's to act on
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 
-from .data import *
-from .losses import *
-from .models import *
-from .learner import *
-from .plots import *
-from . import data, losses, models, learner, plots
+_API_MODULES = ('data', 'losses', 'models', 'learner', 'plots')  # what `from fastai_binary_digits import *` gives
 
-__all__ = data.__all__ + losses.__all__ + models.__all__ + learner.__all__ + plots.__all__
+
+def _load_api():
+    """Import the API, and with it fastai (its progress bars, schedules, ...), into this module: on first use of any of
+    its names or of `__all__` (PEP 562), so that `import fastai_binary_digits.cli` and `--help` need no fastai"""
+    from importlib import import_module
+    mods = [import_module(f'.{m}', __name__) for m in _API_MODULES]
+    g = globals()
+    for m in mods: g.update({n: getattr(m, n) for n in m.__all__})
+    g['__all__'] = [n for m in mods for n in m.__all__]
+
+
+def __getattr__(name:str):
+    if name.startswith('__') and name != '__all__': raise AttributeError(name)  # `__path__`, `__wrapped__`, ...: not ours
+    _load_api()
+    try: return globals()[name]
+    except KeyError: raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__(): return sorted(set(globals()) | set(__getattr__('__all__')))

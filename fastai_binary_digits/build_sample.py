@@ -21,7 +21,7 @@ def _write_idx_gz(arr:np.ndarray, fn:Path):
 
 def build_sample(idx_dir:str|Path, out:str|Path=SAMPLE_PATH, per_digit:dict=PER_DIGIT) -> list:
     "Write the first `per_digit[split]` images of each digit of each split of `idx_dir` to `out`, with their indices"
-    idx_dir, out = Path(idx_dir), Path(out)
+    idx_dir, out = Path(idx_dir).expanduser(), Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for split, prefix in SPLITS.items():

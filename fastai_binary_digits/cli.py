@@ -1,15 +1,16 @@
 """The command line `fastai-binary-digits` (or `python -m fastai_binary_digits`): `train`, `predict`, `evaluate`.
 Exit codes: 0 on success, 2 on bad usage or bad input, which is reported in one `error:` line, never a traceback."""
 from __future__ import annotations
-import argparse, json, sys, textwrap, warnings
+import argparse, json, sys, tempfile, textwrap, warnings
 from pathlib import Path
 
 __all__ = ['main']
 
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ConnectionError, PermissionError, IsADirectoryError,
-                NotADirectoryError)  # what the library raises for a user's mistake: exit 2 with its message
+                NotADirectoryError, FileExistsError)  # what the library raises for a user's mistake: exit 2 with its message
 _REPORT_FILES = dict(loss='loss.png', confusion='confusion_matrix.png', weights='weights.png', worst='top_losses.png')
 _N_WORST = 9  # digits in the grid of worst predictions
+_ARCHS = ('linear', 'simple', 'deep', 'cnn')  # `models.ARCHS`' names, here so that `--help` needs no torch (a test checks)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -54,7 +55,6 @@ def _text(s:str) -> str: return textwrap.fill(s, 79)
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .models import ARCHS
     fmt = _Help
     parser = argparse.ArgumentParser(
         prog='fastai-binary-digits', formatter_class=fmt,
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "`load_learner`, or give it to `predict` and `evaluate`)."))
     p.add_argument('--pair', nargs=2, type=int, default=[3, 7], metavar=('A', 'B'),
                    help="the two digits, label 0 for A and 1 for B (default: 3 7, the book's)")
-    p.add_argument('--arch', choices=list(ARCHS), default='linear',
+    p.add_argument('--arch', choices=_ARCHS, default='linear',
                    help="the model: the book's linear model, its 784-30-1 net, a deeper net, or a small CNN")
     p.add_argument('--epochs', type=_positive(int, 'a whole number of at least 1'), default=20, help='epochs to train')
     p.add_argument('--lr', type=_positive(float, 'a number above 0'), default=0.1, help='learning rate (SGD)')
@@ -114,25 +114,50 @@ def _parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------------------------
 # Shared steps
 
-def _load_dls(args, pair, valid:str):
-    """`BinaryDigitsDataLoaders` of `pair` from the source `args` name, and a description of that source. Without
-    a source, fastai's MNIST, or the bundled sample (one-line notice) when it is neither cached nor downloadable."""
-    from .data import BinaryDigitsDataLoaders
-    kw = dict(pair=pair, valid=valid, seed=getattr(args, 'seed', None), bs=args.bs)
-    if args.sample: return BinaryDigitsDataLoaders.from_mnist(sample=True, **kw), 'the bundled sample'
-    if args.path is not None: return BinaryDigitsDataLoaders.from_mnist(path=args.path, **kw), args.path
-    try: return BinaryDigitsDataLoaders.from_mnist(**kw), "fastai's MNIST"
+def _source(args) -> tuple:
+    """`from_mnist`'s source arguments for what `args` name (`sample=True` or `path=`), and a description of it.
+    Without a source, fastai's MNIST, or the bundled sample (one-line notice) when it is neither cached nor downloadable."""
+    from .mnist import find_source
+    if args.sample: return dict(sample=True), 'the bundled sample'
+    if args.path is not None: return dict(path=args.path), args.path
+    try: return dict(path=find_source()[1]), "fastai's MNIST"
     except ConnectionError as e:
         cause = f' ({type(e.__cause__).__name__})' if e.__cause__ is not None else ''
         print(f"notice: fastai's MNIST is neither cached nor downloadable{cause}; using the bundled sample instead "
               f"(--path DIR for a local copy)", file=sys.stderr, flush=True)
-        return BinaryDigitsDataLoaders.from_mnist(sample=True, **kw), 'the bundled sample'
+        return dict(sample=True), 'the bundled sample'
+
+
+def _load_dls(args, pair, valid:str):
+    "`BinaryDigitsDataLoaders` of `pair` from the source `args` name, and a description of that source"
+    from .data import BinaryDigitsDataLoaders
+    src, source = _source(args)
+    return BinaryDigitsDataLoaders.from_mnist(pair=pair, valid=valid, seed=getattr(args, 'seed', None), bs=args.bs,
+                                              **src), source
+
+
+def _testing_dl(args, pair, vocab):
+    """A loader of the official testing images of `pair` (label 0 for `pair[0]`, as `from_mnist`) from the source
+    `args` name, and a description of that source: the training images are never read"""
+    import torch
+    from fastai.torch_core import default_device
+    from .data import BinaryDigitsDL, DigitTensors
+    from .mnist import load_digits
+    src, source = _source(args)
+    digits = load_digits(pair, 'testing', **src)
+    for d in pair:
+        if not len(digits[d][0]): raise ValueError(f"{source} holds no testing images of the digit {d}")
+    device = default_device()
+    x = torch.cat([digits[d][0] for d in pair]).flatten(1).to(device).float().div_(255)  # as `from_mnist`: 0..1
+    y = torch.cat([torch.full((len(digits[d][0]), 1), float(i)) for i, d in enumerate(pair)]).to(device)
+    ds = DigitTensors(x, y, vocab, torch.cat([digits[d][1] for d in pair]))
+    return BinaryDigitsDL(ds, bs=args.bs, shuffle=False, device=device), source
 
 
 def _load_model(fn:str):
     "The learner exported in `fn`, on the CPU, or a clear error"
     from fastai.learner import Learner, load_learner
-    path = Path(fn)
+    path = Path(fn).expanduser()
     if not path.exists(): raise FileNotFoundError(f"Model file {fn} does not exist; make one with "
                                                   f"`fastai-binary-digits train --out {fn}`")
     if not path.is_file(): raise ValueError(f"Model {fn} is not a file; give the file written by `train --out`")
@@ -150,6 +175,41 @@ def _load_model(fn:str):
     return learn
 
 
+def _creatable(path:Path, flag:str, value:str):
+    "Check that `path` (absent) can be made: its nearest existing ancestor is a folder where a file can be created"
+    anc = next(p for p in path.parents if p.exists())  # `path` is absolute: its root exists
+    if not anc.is_dir(): raise NotADirectoryError(f"{flag} {value}: {anc} is a file, not a folder; choose another path")
+    _writable(anc, flag, value)
+
+
+def _writable(folder:Path, flag:str, value:str):
+    "Check that a file can be created in `folder` by trying (the only test that holds for root, read-only mounts, ACLs)"
+    try: tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise PermissionError(f"{flag} {value}: cannot create files in {folder} ({e.strerror}); choose a folder you "
+                              "can write to") from None
+
+
+def _out_file(value:str, flag:str) -> Path:
+    "The file `value` names for `flag` (`~` expanded), checked to be writable before any work is done"
+    path = Path(value).expanduser().absolute()
+    if path.is_dir(): raise IsADirectoryError(f"{flag} {value} is a folder; give a file name such as model.pkl")
+    if path.exists(): _writable(path.parent, flag, value)  # it will be replaced, atomically
+    else: _creatable(path, flag, value)
+    return path
+
+
+def _out_folder(value:str|None, flag:str) -> Path|None:
+    "The folder `value` names for `flag` (`~` expanded), checked to be a folder that can be written, or made, in"
+    if value is None: return None
+    path = Path(value).expanduser().absolute()
+    if path.exists():
+        if not path.is_dir(): raise NotADirectoryError(f"{flag} {value} is a file; give a folder (it is made if absent)")
+        _writable(path, flag, value)
+    else: _creatable(path, flag, value)
+    return path
+
+
 def _save_fig(fig, fn:Path):
     "Save `fig` as a PNG at `fn`, atomically (an existing picture is never half-written), and close it"
     import matplotlib.pyplot as plt
@@ -162,14 +222,14 @@ def _save_fig(fig, fn:Path):
 def _loss_name(learn) -> str: return getattr(learn.loss_func, '__name__', type(learn.loss_func).__name__)
 
 
-def _write_report(learn, dl, folder:str, what:str, with_loss:bool) -> list:
+def _write_report(learn, dl, folder:Path, what:str, with_loss:bool) -> list:
     "The report's PNGs for `learn` on the labelled loader `dl` (`what` images), in `folder`; returns their paths"
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from fastai.interpret import ClassificationInterpretation
     from .plots import plot_weights
-    out = Path(folder).expanduser()
+    out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     def save(key, fig):
@@ -216,8 +276,7 @@ def _train(args) -> int:
     from .data import check_pair
     from .distributed import distrib_ctx_if_launched
     pair = check_pair(tuple(args.pair))
-    out = Path(args.out).expanduser().absolute()
-    if out.is_dir(): raise IsADirectoryError(f"--out {args.out} is a folder; give a file name such as model.pkl")
+    out, report = _out_file(args.out, '--out'), _out_folder(args.report, '--report')  # before any data or training
     _quiet_bars_unless_terminal()
     dls, source = _load_dls(args, pair, args.valid)
     learn = binary_learner(dls, args.arch, lr=args.lr, seed=args.seed)
@@ -230,8 +289,8 @@ def _train(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     learn.export(out)
     print(f"Exported the learner to {args.out}")
-    if args.report:
-        for fn in _write_report(learn, dls.valid, args.report, 'validation', with_loss=True): print(f"Wrote {fn}")
+    if report:
+        for fn in _write_report(learn, dls.valid, report, 'validation', with_loss=True): print(f"Wrote {fn}")
     return 0
 
 
@@ -252,13 +311,13 @@ def _predict(args) -> int:
 def _evaluate(args) -> int:
     import numpy as np
     from fastai.interpret import ClassificationInterpretation
+    report = _out_folder(args.report, '--report')  # before any model or data is loaded
     _quiet_bars_unless_terminal()
     learn = _load_model(args.model)
     pair = tuple(learn.dls.vocab)
-    dls, source = _load_dls(args, pair, 'testing')
-    learn.dls = dls
-    learn.model.to(dls.device)
-    dl = dls.valid
+    dl, source = _testing_dl(args, pair, learn.dls.vocab)  # the testing images only
+    learn.dls.to(dl.device)
+    learn.model.to(dl.device)
     with learn.no_bar():
         loss = float(learn.validate(dl=dl)[0])
         cm = ClassificationInterpretation.from_learner(learn, dl=dl).confusion_matrix()
@@ -276,8 +335,8 @@ def _evaluate(args) -> int:
         w = max(6, len(str(cm.max())) + 2)
         print(' '*4 + ''.join(f'{d:>{w}}' for d in pair))
         for d, row in zip(pair, cm): print(f'{d:>4}' + ''.join(f'{n:>{w}}' for n in row))
-    if args.report:
-        for fn in _write_report(learn, dl, args.report, 'testing', with_loss=False):
+    if report:
+        for fn in _write_report(learn, dl, report, 'testing', with_loss=False):
             print(f"Wrote {fn}", file=sys.stderr if args.json else sys.stdout)
     return 0
 

@@ -22,11 +22,15 @@ class TensorDigits(TensorBase):
 
 
 def check_pair(pair) -> tuple:
-    "`pair` as a tuple of two distinct ints 0-9, or a clear error"
+    "`pair` as a tuple of two distinct ints 0-9, or a clear error (a string such as '37' and booleans are refused)"
+    msg = f"`pair` must be two distinct digits 0-9, such as (4, 8), got {pair!r}"
+    if isinstance(pair, (str, bytes)): raise ValueError(f"{msg}: a string, not two numbers; write (3, 7), not '37'")
     try: a, b = (int(d) for d in pair)
     except (TypeError, ValueError): a = b = None
+    if a is not None and any(isinstance(d, (bool, np.bool_)) for d in pair):
+        raise ValueError(f"{msg}: True and False are not digits")
     if a is None or a == b or not (0 <= a <= 9 and 0 <= b <= 9) or any(isinstance(d, float) and d != int(d) for d in pair):
-        raise ValueError(f"`pair` must be two distinct digits 0-9, such as (4, 8), got {pair!r}")
+        raise ValueError(msg)
     return a, b
 
 
@@ -95,7 +99,7 @@ def _as_image(o) -> np.ndarray:
     "Any image (file path, PIL image, array, tensor; any size, RGB or greyscale) as a 28x28 uint8 array"
     from PIL import Image
     if isinstance(o, (str, Path)):
-        fn = Path(o)
+        fn = Path(o).expanduser()
         if not fn.exists(): raise FileNotFoundError(f"Image file {fn} does not exist")
         try:
             with Image.open(fn) as im: im.load(); o = im.copy()
@@ -202,14 +206,14 @@ def _show_digits(x, titles=None, colors=None, suptitle=None, ncols=None, figsize
 
 
 def _plot_top_losses(x:TensorDigits, y, *args, **kwargs):
-    "fastai's `ClassificationInterpretation.plot_top_losses` for digits: prediction/actual/loss/probability"
+    "fastai's `ClassificationInterpretation.plot_top_losses` for digits: the digit, the prediction and its probability"
     samples, outs, raws, losses = args
-    # `raws` hold the probability of pair[1]; the title gives the probability of the predicted digit
-    titles = [f'{o[0]}/{s[1]} / {l.item():.2f} / {max(r.item(), 1-r.item()):.2f}'
-              for s, o, r, l in zip(samples, outs, raws, losses)]
+    # `raws` hold the probability of pair[1]; the prediction is the likelier digit. (The loss is left out: with
+    # `mnist_loss` it is the probability of the other digit, so it would only repeat the same number.)
+    titles = [f'{s[1]}/{o[0]}/{max(r.item(), 1-r.item()):.2f}' for s, o, r in zip(samples, outs, raws)]
     x = torch.stack([s[0].as_subclass(Tensor) for s in samples])
     return _show_digits(x, titles, ncols=kwargs.get('ncols'), figsize=kwargs.get('figsize'),
-                        suptitle='Prediction/Actual/Loss/Probability')
+                        suptitle='Actual/Prediction/Probability of the prediction')
 
 
 def _register_plot_top_losses():
@@ -250,9 +254,15 @@ class BinaryDigitsDataLoaders(DataLoaders):
             raise ValueError(f"`bs` must be a whole number of at least 1, got {bs!r}")
         device = check_device(device)
         source = find_source(path, sample)
-        train = _pair_tensors(load_source(source, pair, 'training', cache), pair)
+        splits = ('training', 'testing') if valid == 'testing' else ('training',)
+        digits = {split: load_source(source, pair, split, cache) for split in splits}
+        for split in splits:
+            empty = [d for d in pair if not len(digits[split][d][0])]
+            if empty: raise ValueError(f"{source[1]} holds no {split} images of the digit {empty[0]}: choose a pair "
+                                       "of digits that it holds")
+        train = _pair_tensors(digits['training'], pair)
         if valid == 'testing':
-            valid_ds = _pair_tensors(load_source(source, pair, 'testing', cache), pair)
+            valid_ds = _pair_tensors(digits['testing'], pair)
         else:
             n = len(train[0])
             g = torch.Generator()
@@ -260,6 +270,9 @@ class BinaryDigitsDataLoaders(DataLoaders):
             else: g.manual_seed(seed)
             perm = torch.randperm(n, generator=g)
             cut = int(valid_pct*n)
+            if cut == 0:
+                raise ValueError(f"`valid_pct` {valid_pct} holds out no image of the {n:,} training images of {pair} "
+                                 f"(int({valid_pct} * {n:,}) is 0): give at least 1/{n:,}, such as 0.2")
             vi, ti = perm[:cut].sort().values, perm[cut:].sort().values
             valid_ds = tuple(t.index_select(0, vi) for t in train)  # `index_select`: many times `t[vi]`'s speed here
             train = tuple(t.index_select(0, ti) for t in train)

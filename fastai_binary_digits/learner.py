@@ -75,7 +75,7 @@ class BinaryLearner(Learner):
         "fastai's `export`, written to a temporary file then renamed, so an existing export is never left half-written"
         if rank_distrib(): return  # as fastai: only the main process exports
         self.__dict__.pop('_dispatch', None)
-        with atomic_path(self.path/fname) as tmp: super().export(tmp, **kwargs)  # `tmp` is absolute: `path/tmp` is `tmp`
+        with atomic_path(Path(self.path).expanduser()/Path(fname).expanduser()) as tmp: super().export(tmp, **kwargs)  # `tmp` is absolute: `path/tmp` is `tmp`
 
 
 _order = attrgetter('order')

@@ -1,5 +1,5 @@
 "The data layer: the bundled sample, mnist_png through untar_data, IDX folders, the cache, the loaders, bad input"
-import gzip, hashlib, shutil, warnings
+import gzip, hashlib, os, shutil, warnings
 from pathlib import Path
 
 import numpy as np
@@ -335,3 +335,136 @@ def test_full_mnist_png_through_untar_data(full_png_home, idx_dir, fastai_home, 
     assert torch.equal(png.train.dataset.x, idx.train.dataset.x) and torch.equal(png.valid.dataset.indices, idx.valid.dataset.indices)
     testing = BinaryDigitsDataLoaders.from_mnist(pair=(4, 8), valid='testing')
     assert len(testing.valid.dataset) == 982 + 974
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 13: what a new user hit in the data layer
+
+def test_home_folder_is_expanded_in_every_path_argument(sample_png, tmp_path, monkeypatch):
+    "`~` as the README writes it: `write_mnist_png('~/...')` stages under $HOME (not a folder named `~`), and finds it"
+    from fastai_binary_digits import binary_learner
+    from fastai_binary_digits.mnist import write_mnist_png
+    home, cwd = tmp_path/'home', tmp_path/'cwd'
+    cwd.mkdir()
+    monkeypatch.setenv('HOME', str(home))
+    monkeypatch.chdir(cwd)
+    raw = home/'mnist'; raw.mkdir(parents=True)
+    for f in SAMPLE_PATH.glob('*.gz'): shutil.copy(f, raw/f.name)
+    out = write_mnist_png('~/.fastai/data/mnist_png', path='~/mnist', digits=(4, 8))
+    assert not (cwd/'~').exists() and Path(out) == home/'.fastai'/'data'/'mnist_png'
+    assert len(list((home/'.fastai'/'data'/'mnist_png'/'testing'/'8').glob('*.png'))) == 200
+    dls = BinaryDigitsDataLoaders.from_mnist(pair=(4, 8), path='~/.fastai/data/mnist_png', valid='testing')
+    ref = BinaryDigitsDataLoaders.from_mnist(pair=(4, 8), sample=True, valid='testing')
+    assert torch.equal(dls.valid.dataset.x, ref.valid.dataset.x)
+    assert read_idx('~/mnist/t10k-labels-idx1-ubyte.gz').shape == (2000,)
+    assert len(load_digits((4,), 'testing', path='~/mnist')[4][0]) == 200
+    assert build_sample('~/mnist', out='~/sample', per_digit={'training': 1, 'testing': 1})[0].parent == home/'sample'
+    fn = next((home/'.fastai'/'data'/'mnist_png'/'testing'/'4').glob('*.png'))
+    x = dls.test_dl([f'~/.fastai/data/mnist_png/testing/4/{fn.name}']).dataset.x  # an image given as `~/...`
+    assert x.shape == (1, 784) and x.sum() > 10
+    learn = binary_learner(dls, seed=0)
+    learn.export('~/four_or_eight.pkl')
+    assert (home/'four_or_eight.pkl').stat().st_size > 1000 and not (cwd/'~').exists()
+
+
+def test_cache_sees_an_image_overwritten_in_place(sample_png, tmp_path):
+    "Same name, new content (the folder's own time and names do not change): the cache is rebuilt, not served stale"
+    root = _copy_png(sample_png, tmp_path/'mnist_png')
+    first = load_digits((4,), 'testing', path=root)[4]
+    folder = root/'testing'/'4'
+    names = sorted(folder.iterdir(), key=lambda p: int(p.stem))
+    folder_time = folder.stat().st_mtime_ns
+    shutil.copyfile(names[1], names[0])  # the first 4 overwritten in place by the second one
+    assert folder.stat().st_mtime_ns == folder_time
+    images, indices = load_digits((4,), 'testing', path=root)[4]
+    assert torch.equal(indices, first[1]) and torch.equal(images[0], first[0][1]) and torch.equal(images[1:], first[0][1:])
+    import fastai_binary_digits.mnist as m
+    entries, fingerprint = m._list_folder(folder)
+    os_time = names[0].stat()
+    os.utime(names[0], ns=(os_time.st_atime_ns, os_time.st_mtime_ns + 1))  # touched: same size, new time
+    assert m._list_folder(folder)[1] != fingerprint
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'truncated'])
+def test_unreadable_cache_warns_in_one_line(damage, sample_png, tmp_path):
+    "Which file, and that it is rebuilt; not PyTorch's advice to load it with `weights_only=False`"
+    root = _copy_png(sample_png, tmp_path/'mnist_png')
+    ref = load_digits((4,), 'testing', path=root)[4][0]
+    fn = root/'.fastai_binary_digits'/'testing-4.pt'
+    fn.write_bytes(b'not a cache' if damage == 'garbage' else fn.read_bytes()[:5000])
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        got = load_digits((4,), 'testing', path=root)[4][0]
+    assert torch.equal(got, ref)
+    assert len(ws) == 1, [str(w.message) for w in ws]
+    msg = str(ws[0].message)
+    assert '\n' not in msg and str(fn) in msg and 'rebuild' in msg and 'weights_only' not in msg, msg
+    assert len(msg) < 200, msg
+
+
+@pytest.mark.parametrize('pair, message', [
+    ('37', r"a string, not two numbers; write \(3, 7\)"),
+    (b'37', r"a string, not two numbers"),
+    ((True, False), r"True and False are not digits"),
+    ((np.bool_(True), 3), r"True and False are not digits"),
+])
+def test_pair_refuses_strings_and_booleans(pair, message):
+    from fastai_binary_digits import check_pair
+    with pytest.raises(ValueError, match=r"`pair` must be two distinct digits 0-9.*" + message):
+        check_pair(pair)
+    with pytest.raises(ValueError, match=message):
+        BinaryDigitsDataLoaders.from_mnist(pair=pair, sample=True)
+    assert check_pair((np.int64(3), 7.0)) == (3, 7) and check_pair([0, 1]) == (0, 1)  # numbers of any kind still do
+
+
+@pytest.mark.parametrize('valid_pct', [1e-4, 1/2001])
+def test_valid_pct_that_holds_out_no_image(valid_pct):
+    "2,000 training images of 3 and 7 in the sample: int(valid_pct * 2000) == 0 would validate on nothing"
+    with pytest.raises(ValueError, match=rf"`valid_pct` {valid_pct} holds out no image of the 2,000 training images "
+                                         r"of \(3, 7\).*at least 1/2,000"):
+        BinaryDigitsDataLoaders.from_mnist(pair=(3, 7), sample=True, valid_pct=valid_pct)
+    assert len(BinaryDigitsDataLoaders.from_mnist(pair=(3, 7), sample=True, valid_pct=1/2000).valid.dataset) == 1
+
+
+def _write_idx(fn, arr):
+    code = {np.dtype('uint8'): 0x08}[arr.dtype]
+    header = bytes([0, 0, code, arr.ndim]) + b''.join(int(n).to_bytes(4, 'big') for n in arr.shape)
+    fn.write_bytes(header + arr.tobytes())
+
+
+@pytest.mark.parametrize('split', ['training', 'testing'])
+def test_a_split_without_images_of_a_digit(split, tmp_path):
+    "IDX files (here the sample's) in which one split lacks the digit 9: a clear error, not a loader of nothing"
+    for prefix in ('train', 't10k'):
+        images = read_idx(SAMPLE_PATH/f'{prefix}-images-idx3-ubyte.gz')
+        labels = read_idx(SAMPLE_PATH/f'{prefix}-labels-idx1-ubyte.gz')
+        keep = labels != 9 if prefix == {'training': 'train', 'testing': 't10k'}[split] else slice(None)
+        _write_idx(tmp_path/f'{prefix}-images-idx3-ubyte', images[keep])
+        _write_idx(tmp_path/f'{prefix}-labels-idx1-ubyte', labels[keep])
+    with pytest.raises(ValueError, match=rf"holds no {split} images of the digit 9: choose a pair"):
+        BinaryDigitsDataLoaders.from_mnist(pair=(4, 9), path=tmp_path, valid='testing')
+    assert len(BinaryDigitsDataLoaders.from_mnist(pair=(4, 8), path=tmp_path, valid='testing').valid.dataset) == 400
+
+
+def test_top_losses_titles_show_digit_prediction_and_its_probability(sample_dls):
+    "Each title: the actual digit, the prediction and the probability of the predicted digit (not the loss beside it)"
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from fastai.interpret import ClassificationInterpretation
+    from fastai_binary_digits import binary_learner
+    learn = binary_learner(sample_dls, seed=0)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    interp = ClassificationInterpretation.from_learner(learn)
+    top, idxs = interp.top_losses(6)
+    with learn.no_bar(): interp.plot_top_losses(6)
+    fig = plt.gcf()
+    assert fig._suptitle.get_text() == 'Actual/Prediction/Probability of the prediction'
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    probs, targs = learn.get_preds(dl=sample_dls.valid)  # the probability of pair[1] = 8
+    for title, i in zip(titles, idxs.tolist(), strict=True):
+        actual, pred, prob = title.split('/')
+        p8 = probs[i, 0].item()
+        assert int(actual) == (8 if targs[i, 0] else 4) and int(pred) == (8 if p8 > 0.5 else 4)
+        assert float(prob) == pytest.approx(max(p8, 1-p8), abs=0.006) and float(prob) >= 0.5
+    plt.close('all')

@@ -300,3 +300,168 @@ def test_torchrun_without_accelerate_exits_2_with_the_install_line(tmp_path, cap
     assert lines(err) == ["error: Distributed training needs Hugging Face Accelerate, which fastai's `distrib_ctx` "
                           "uses: pip install 'fastai-binary-digits[distributed]'"]
     assert not (tmp_path/'model.pkl').exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad paths, every subcommand: exit 2, one `error:` line, and an output path checked before any data, model or training
+
+READ_ONLY = '/proc'  # the kernel refuses to create files there, even for root (the tests run as root: chmod would not do)
+
+BAD_PATHS = [  # (kind, arguments, message, `out`: an output path, so nothing at all may be loaded before the error)
+    ('missing', ['train', '--path', '{d}/nowhere'], r"`path` .*nowhere does not exist", False),
+    ('file for folder', ['train', '--sample', '--report', '{d}/afile'], r"--report .*afile is a file; give a folder", True),
+    ('file for folder', ['train', '--sample', '--out', '{d}/afile/model.pkl'], r"afile is a file, not a folder", True),
+    ('file for folder', ['train', '--sample', '--report', '{d}/afile/report'], r"afile is a file, not a folder", True),
+    ('file for folder', ['train', '--path', '{d}/afile'], r"afile holds no MNIST data", False),
+    ('folder for file', ['train', '--sample', '--out', '{d}/adir'], r"--out .*adir is a folder; give a file name", True),
+    ('not writable', ['train', '--sample', '--out', f'{READ_ONLY}/fbd-model.pkl'],
+     rf"--out {READ_ONLY}/fbd-model.pkl: cannot create files in {READ_ONLY} ", True),
+    ('not writable', ['train', '--sample', '--report', f'{READ_ONLY}/fbd-report'],
+     rf"--report {READ_ONLY}/fbd-report: cannot create files in {READ_ONLY} ", True),
+    ('missing', ['evaluate', '{d}/missing.pkl', '--sample'], r"Model file .*missing.pkl does not exist", False),
+    ('missing', ['evaluate', '{model}', '--path', '{d}/nowhere'], r"`path` .*nowhere does not exist", False),
+    ('file for folder', ['evaluate', '{model}', '--sample', '--report', '{d}/afile'], r"--report .*afile is a file", True),
+    ('file for folder', ['evaluate', '{model}', '--sample', '--report', '{d}/afile/report'], r"afile is a file, not a", True),
+    ('file for folder', ['evaluate', '{model}', '--path', '{d}/afile'], r"afile holds no MNIST data", False),
+    ('file for folder', ['evaluate', '{d}/afile/model.pkl', '--sample'], r"Model file .*afile/model.pkl does not exist",
+     False),
+    ('folder for file', ['evaluate', '{d}/adir', '--sample'], r"Model .*adir is not a file", False),
+    ('not writable', ['evaluate', '{model}', '--sample', '--report', f'{READ_ONLY}/fbd-report'],
+     rf"--report {READ_ONLY}/fbd-report: cannot create files in {READ_ONLY} ", True),
+    # `predict` writes nothing: its paths are read, so "not writable" has no case there
+    ('missing', ['predict', '{d}/missing.pkl', '{d}/x.png'], r"Model file .*missing.pkl does not exist", False),
+    ('missing', ['predict', '{model}', '{d}/missing.png'], r"Image file .*missing.png does not exist", False),
+    ('file for folder', ['predict', '{d}/afile/model.pkl', '{d}/x.png'], r"Model file .*afile/model.pkl does not", False),
+    ('file for folder', ['predict', '{model}', '{d}/afile/x.png'], r"Image file .*afile/x.png does not exist", False),
+    ('folder for file', ['predict', '{d}/adir', '{d}/x.png'], r"Model .*adir is not a file", False),
+    ('folder for file', ['predict', '{model}', '{d}/adir'], r"Could not read the image .*adir", False),
+]
+
+
+@pytest.fixture(scope='module')
+def bad_paths(tmp_path_factory):
+    "A folder holding a file (`afile`) and a folder (`adir`)"
+    d = tmp_path_factory.mktemp('cli_bad_paths')
+    (d/'afile').write_text('a file where a folder is wanted')
+    (d/'adir').mkdir()
+    return d
+
+
+@pytest.mark.skipif(not Path(READ_ONLY).is_dir(), reason=f'needs Linux {READ_ONLY}')
+@pytest.mark.parametrize('kind, args, message, out', BAD_PATHS, ids=[f'{k}: {" ".join(a)}' for k, a, _, _ in BAD_PATHS])
+def test_bad_paths_exit_2_before_any_work(kind, args, message, out, trained, bad_paths, capsys, monkeypatch):
+    "A path mistake costs nothing: an output path is checked before the model and the data are loaded, and no path "
+    "mistake lets training start (`--epochs 1000`: were training to start, the spy below would see it)"
+    from fastprogress import fastprogress
+    import fastai_binary_digits.cli as cli_mod
+    monkeypatch.setattr(fastprogress, 'NO_BAR', fastprogress.NO_BAR)
+    monkeypatch.setattr(fastprogress.ConsoleProgressBar, 'fill', fastprogress.ConsoleProgressBar.fill)
+    calls = []
+    def spy(name, f=None):
+        def g(*a, **k):
+            calls.append(name)
+            return f(*a, **k) if f is not None else None
+        return g
+    monkeypatch.setattr(cli_mod, '_fit', spy('_fit'))  # records, never trains
+    for name in ('_load_dls', '_testing_dl', '_load_model'):
+        if hasattr(cli_mod, name): monkeypatch.setattr(cli_mod, name, spy(name, getattr(cli_mod, name)))
+    d, _ = trained
+    args = [a.format(d=bad_paths, model=d/'models'/'model.pkl') for a in args]
+    if args[0] == 'train': args += ['--epochs', '1000']
+    try: code = main(args)
+    except SystemExit as e: code = e.code
+    res = capsys.readouterr()
+    assert code == 2, (res.out, res.err)
+    assert 'Traceback' not in res.err and len(lines(res.err)) == 1 and res.err.startswith('error: '), res.err
+    assert re.search(message, res.err), res.err
+    assert 'Training' not in res.out and '_fit' not in calls
+    if out: assert calls == [], f'loaded {calls} before checking the output path'
+    assert not list(bad_paths.glob('adir/*')) and not (Path(READ_ONLY)/'fbd-report').exists()
+
+
+@pytest.mark.parametrize('args', [
+    ['train', '--sample', '--epochs', '1000', '--report', 'afile'],
+    ['evaluate', 'missing.pkl', '--sample', '--report', 'report'],
+    ['predict', 'adir', 'x.png'],
+], ids=['train', 'evaluate', 'predict'])
+def test_bad_paths_in_a_process(args, tmp_path):
+    "As a user sees it: exit status 2, one line on stderr, nothing on stdout"
+    (tmp_path/'afile').write_text('a file'); (tmp_path/'adir').mkdir()
+    res = cli(*args, cwd=tmp_path, check=False)
+    assert res.returncode == 2 and res.stdout == '' and len(lines(res.stderr)) == 1, res
+    assert res.stderr.startswith('error: ') and not (tmp_path/'report').exists()
+
+
+def test_home_folder_is_expanded_in_every_path(trained, sample_png, tmp_path, capsys, monkeypatch):
+    "`--out '~/...'` (quoted, or after `=`, the shell leaves `~` as it is) and every other path: under $HOME"
+    from fastprogress import fastprogress
+    monkeypatch.setattr(fastprogress, 'NO_BAR', fastprogress.NO_BAR)
+    monkeypatch.setattr(fastprogress.ConsoleProgressBar, 'fill', fastprogress.ConsoleProgressBar.fill)
+    home, cwd = tmp_path/'home', tmp_path/'cwd'
+    cwd.mkdir()
+    monkeypatch.setenv('HOME', str(home))
+    monkeypatch.chdir(cwd)
+    shutil.copytree(sample_png, home/'png', ignore=shutil.ignore_patterns('.fastai_binary_digits'))
+    assert main(['train', '--sample', '--pair', '4', '8', '--epochs', '1', '--out=~/m/model.pkl', '--report=~/rep']) == 0
+    assert (home/'m'/'model.pkl').exists() and {p.name for p in (home/'rep').iterdir()} == REPORT_TRAIN
+    image = next((home/'png'/'testing'/'8').glob('*.png'))
+    assert main(['predict', '~/m/model.pkl', f'~/png/testing/8/{image.name}']) == 0
+    assert main(['evaluate', '~/m/model.pkl', '--path', '~/png', '--report', '~/erep']) == 0
+    out = capsys.readouterr().out
+    assert f'~/png/testing/8/{image.name}: ' in out and '(400 images)' in out
+    assert {p.name for p in (home/'erep').iterdir()} == REPORT_EVALUATE
+    assert not list(cwd.iterdir())  # no folder named `~`
+
+
+def test_evaluate_reads_only_the_testing_images(evaluated, sample_png, tmp_path, capsys, monkeypatch):
+    "A corrupt training PNG cannot break `evaluate`, which needs only the testing images (and decodes only those)"
+    from fastprogress import fastprogress
+    import fastai_binary_digits.mnist as mnist
+    monkeypatch.setattr(fastprogress, 'NO_BAR', fastprogress.NO_BAR)
+    monkeypatch.setattr(fastprogress.ConsoleProgressBar, 'fill', fastprogress.ConsoleProgressBar.fill)
+    d, res = evaluated
+    root = shutil.copytree(sample_png, tmp_path/'mnist_png', ignore=shutil.ignore_patterns('.fastai_binary_digits'))
+    next((root/'training'/'4').glob('*.png')).write_bytes(b'not a png')
+    decoded = []
+    def decode(folder, names):
+        decoded.append(Path(folder).parent.name)
+        return real(folder, names)
+    real = mnist._decode_folder
+    monkeypatch.setattr(mnist, '_decode_folder', decode)
+    assert main(['evaluate', str(d/'models'/'model.pkl'), '--path', str(root), '--json']) == 0
+    r = json.loads(capsys.readouterr().out)
+    ev = _evaluation(res.stdout)
+    assert decoded == ['testing', 'testing'] and r['images'] == 400
+    assert r['confusion_matrix'] == ev['confusion_matrix'] and r['accuracy'] == pytest.approx(ev['accuracy'], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --help answers at once: nothing heavy is imported before argparse is done
+
+HELP_ARGV = [['--help'], ['--version'], ['train', '--help'], ['predict', '--help'], ['evaluate', '--help'], [],
+             ['fly'], ['train', '--epochs', '0'], ['predict']]
+
+
+def test_help_and_usage_errors_import_neither_torch_nor_fastai():
+    code = ("import sys\nfrom fastai_binary_digits.cli import main\n"
+            f"for argv in {HELP_ARGV!r}:\n"
+            "    try: main(argv)\n"
+            "    except SystemExit as e: print('EXIT', e.code, file=sys.stderr)\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'fastai', 'numpy', 'matplotlib') if m in sys.modules), "
+            "file=sys.stderr)\n")
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    exits = re.findall(r'^EXIT (\d+)$', res.stderr, re.M)
+    assert exits == ['0', '0', '0', '0', '0', '2', '2', '2', '2'], res.stderr
+    assert 'HEAVY []' in res.stderr, res.stderr
+    # and the real entry point, `python -m fastai_binary_digits --help`, module by module
+    res = subprocess.run([sys.executable, '-X', 'importtime', '-m', 'fastai_binary_digits', '--help'],
+                         capture_output=True, text=True, timeout=120)
+    imported = {l.rsplit('|', 1)[-1].strip() for l in res.stderr.splitlines() if l.startswith('import time:')}
+    assert res.returncode == 0 and 'fastai_binary_digits.cli' in imported
+    assert not imported & {'torch', 'fastai', 'numpy'}, sorted(imported & {'torch', 'fastai', 'numpy'})
+
+
+def test_arch_choices_are_the_models():
+    import fastai_binary_digits.cli as cli_mod
+    from fastai_binary_digits.models import ARCHS
+    assert list(cli_mod._ARCHS) == list(ARCHS)

@@ -51,7 +51,7 @@ def require_accelerate():
     "A clear error when Hugging Face Accelerate, which fastai's `distrib_ctx` uses, is not installed"
     if not _HAS_ACCELERATE:
         raise ModuleNotFoundError("Distributed training needs Hugging Face Accelerate, which fastai's `distrib_ctx` "
-                                  "uses: pip install 'fastai-binary-digits[distributed]'", name='accelerate')
+                                  "uses: pip install accelerate", name='accelerate')
 
 
 def _fingerprint(dl) -> str:

@@ -298,7 +298,7 @@ def test_torchrun_without_accelerate_exits_2_with_the_install_line(tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and 'Traceback' not in err, err
     assert lines(err) == ["error: Distributed training needs Hugging Face Accelerate, which fastai's `distrib_ctx` "
-                          "uses: pip install 'fastai-binary-digits[distributed]'"]
+                          "uses: pip install accelerate"]
     assert not (tmp_path/'model.pkl').exists()
 
 

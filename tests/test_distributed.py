@@ -14,7 +14,7 @@ from distributed_run import N_ODD, row_keys
 
 pytestmark = [
     pytest.mark.skipif(find_spec('accelerate') is None, reason="fastai's distributed training needs Hugging Face "
-                       "Accelerate: pip install 'fastai-binary-digits[distributed]'"),
+                       "Accelerate: pip install accelerate"),
     pytest.mark.filterwarnings("ignore:load_learner` uses Python's insecure pickle"),  # files these tests wrote
     pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                        reason="this PyTorch build has no torch.distributed with the gloo backend"),

@@ -25,10 +25,20 @@ def scrub(text:str) -> str:
     return text
 
 
+def coalesce(outputs) -> list:
+    "Outputs with each run of stream outputs of one stream joined (how a kernel splits a line in chunks varies)"
+    res = []
+    for o in outputs:
+        if o.get('output_type') == 'stream' and res and res[-1].get('output_type') == 'stream' and res[-1].name == o.name:
+            res[-1]['text'] += o.text
+        else: res.append(type(o)(o))  # a copy: the cell's own outputs are left as they are
+    return res
+
+
 def texts(cell) -> list:
     "The text a code cell printed or displayed, scrubbed, with fastai's times (`00:02`) made alike"
     res = []
-    for o in cell.get('outputs', []):
+    for o in coalesce(cell.get('outputs', [])):
         for t in [o.get('text', '')] + [o.get('data', {}).get(k, '') for k in ('text/plain', 'text/html')]:
             t = ''.join(t) if isinstance(t, list) else t
             if t: res.append(re.sub(r'\b\d\d:\d\d\b', 'mm:ss', scrub(t)))
@@ -96,6 +106,7 @@ if __name__ == '__main__':
         start = time.time()
         with tempfile.TemporaryDirectory() as d: nb = execute(name, Path(d))
         for c in nb.cells:  # no machine's paths in what is committed (a warning names the file that warns)
+            if 'outputs' in c: c.outputs = coalesce(c.outputs)
             for o in c.get('outputs', []):
                 if 'text' in o: o['text'] = scrub(o['text'])
                 for k in ('text/plain', 'text/html'):

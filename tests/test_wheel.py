@@ -21,8 +21,9 @@ def run(cmd, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope='module')
-def wheel(tmp_path_factory) -> Path:
-    "The wheel, built from a copy of the repository's files (so that no build/ or egg-info is left in the checkout)"
+def built(tmp_path_factory) -> tuple:
+    """The wheel, built from a copy of the repository's files (so that no build/ or egg-info is left in the checkout),
+    and what the build printed"""
     tmp = tmp_path_factory.mktemp('wheel')
     src, dist = tmp/'src', tmp/'dist'
     src.mkdir()
@@ -33,10 +34,21 @@ def wheel(tmp_path_factory) -> Path:
         cmd = [sys.executable, '-m', 'build', '--wheel', '--no-isolation', '--outdir', dist, src]
     else:
         cmd = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--no-index', '-w', dist, src]
-    run(cmd, cwd=tmp)
+    res = run(cmd + ['-v'] if 'pip' in cmd else cmd, cwd=tmp)  # pip shows setuptools' warnings with -v only
     wheels = list(dist.glob('*.whl'))
     assert len(wheels) == 1, wheels
-    return wheels[0]
+    return wheels[0], res.stdout + res.stderr
+
+
+@pytest.fixture(scope='module')
+def wheel(built) -> Path: return built[0]
+
+
+def test_build_prints_no_setuptools_warning_about_the_sample(built):
+    "The sample's folder is a package of data files that setuptools finds (`packages.find`), not a warning of 35 lines"
+    _, log = built
+    assert 'setuptools' in log or 'wheel' in log.lower()  # what the build printed, not an empty capture
+    assert 'fastai_binary_digits.sample_data' not in log, log[-3000:]
 
 
 def test_wheel_carries_the_sample_and_the_console_script(wheel):

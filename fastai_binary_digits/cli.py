@@ -271,12 +271,12 @@ def _quiet_bars_unless_terminal():
 
 
 def _train(args) -> int:
+    out, report = _out_file(args.out, '--out'), _out_folder(args.report, '--report')  # before any data or training
     from fastai.torch_core import rank_distrib
     from .learner import binary_learner
     from .data import check_pair
     from .distributed import distrib_ctx_if_launched
     pair = check_pair(tuple(args.pair))
-    out, report = _out_file(args.out, '--out'), _out_folder(args.report, '--report')  # before any data or training
     _quiet_bars_unless_terminal()
     dls, source = _load_dls(args, pair, args.valid)
     learn = binary_learner(dls, args.arch, lr=args.lr, seed=args.seed)
@@ -309,9 +309,9 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
+    report = _out_folder(args.report, '--report')  # before any model or data is loaded
     import numpy as np
     from fastai.interpret import ClassificationInterpretation
-    report = _out_folder(args.report, '--report')  # before any model or data is loaded
     _quiet_bars_unless_terminal()
     learn = _load_model(args.model)
     pair = tuple(learn.dls.vocab)

@@ -242,7 +242,7 @@ def test_get_preds_show_results_and_interpretation(trained):
     import matplotlib.pyplot as plt
     fig = plt.gcf()
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert len(titles) == 4 and all(len(t.split('/')) == 4 for t in titles)   # prediction/actual/loss/probability
+    assert len(titles) == 4 and all(len(t.split('/')) == 3 for t in titles)   # actual/prediction/its probability
     top, _ = interp.top_losses(4)
     assert torch.allclose(top, losses.topk(4).values)
 

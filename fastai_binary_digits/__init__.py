@@ -2,14 +2,15 @@
 __version__ = '0.1.0'
 
 import warnings
-# fastai's own layers.py calls the deprecated `torch.jit.script` on import; that warning is not the user's to act on
-warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
-
-from .data import *
-from .losses import *
-from .models import *
-from .learner import *
-from .plots import *
-from . import data, losses, models, learner, plots
+# fastai's own layers.py calls the deprecated `torch.jit.script` when it is first imported; that warning is not the
+# user's to act on. Hidden while the package imports fastai, and nowhere else: the filters are left as they were
+with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+    from .data import *
+    from .losses import *
+    from .models import *
+    from .learner import *
+    from .plots import *
+    from . import data, losses, models, learner, plots
 
 __all__ = data.__all__ + losses.__all__ + models.__all__ + learner.__all__ + plots.__all__

@@ -104,10 +104,11 @@ class _Helper:
 
 def _delegating(rng, log, i):
     "A callback whose events come through `GetAttr` delegation to another object (all of them, or those in `_xtra`)"
-    evs = _events_of(rng)
-    attrs = {'_default': 'helper'}
+    evs, on_instance = _events_of(rng), rng.random() < 0.3
+    attrs = {} if on_instance else {'_default': 'helper'}
     if rng.random() < 0.5: attrs['_xtra'] = rng.sample(evs, max(1, len(evs)//2))
     cb = type(f'Delegating{i}', (Callback,), attrs)()
+    if on_instance: cb._default = 'helper'
     cb.helper = _Helper(log, f'deleg{i}', evs)
     return cb
 

@@ -7,11 +7,11 @@ from functools import cache
 import fastai, torch
 from packaging.version import InvalidVersion, Version
 
-__all__ = []  # nothing for `import *`: `fast_paths_checked` and `CHECKED` are for the package and its tests
+__all__ = ['CHECKED', 'fast_paths_checked', 'unchecked']
 
 # (oldest, newest) release checked, both included: `tests/test_fast_paths.py` and `tests/test_fast_paths_differential.py`
 # run on the newest fastai and, in `.ci/run`, on the oldest (the floor in pyproject.toml), beside the same torch
-CHECKED = {'fastai': ('2.8.7', '2.8.12'), 'torch': ('2.14.1', '2.14.1')}
+CHECKED = {'fastai': ('2.8.8', '2.8.12'), 'torch': ('2.14.1', '2.14.1')}
 
 
 def unchecked(versions:dict|None=None) -> list:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import fastai, fastai.callback.core as fcore
+import fastai
 from fastai.callback.core import (Callback, CancelBackwardException, CancelBatchException, CancelEpochException,
                                   CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
                                   _events)
@@ -26,6 +26,7 @@ from fastai_binary_digits.data import BinaryDigitsDL
 from fastai_binary_digits.learner import BinaryLearner
 from fastai_binary_digits.optimizer import SGDOptimizer
 
+pytestmark = pytest.mark.usefixtures('fast_paths_on')  # conftest.py: checked on whatever fastai and torch are here
 EVENTS = list(_events)
 CANCELS = [CancelBatchException, CancelBackwardException, CancelEpochException, CancelFitException, CancelStepException,
            CancelTrainException, CancelValidException]
@@ -38,17 +39,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def fast_paths_on(monkeypatch):
-    "Check the fast paths on the fastai and torch installed here, whatever `compat.CHECKED` says of them"
-    from packaging.version import Version
-    for name, v in (('fastai', fastai.__version__), ('torch', torch.__version__)):
-        monkeypatch.setitem(compat.CHECKED, name, (Version(v).public,)*2)
-    compat.fast_paths_checked.cache_clear()
-    yield
-    compat.fast_paths_checked.cache_clear()
 
 
 @pytest.fixture(scope='module')

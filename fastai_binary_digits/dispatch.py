@@ -31,16 +31,16 @@ def _plain(v) -> bool:
     return v is _MISSING or not hasattr(type(v), '__get__')
 
 
-_profiles = {}  # id(class) -> (class, profile): the class is kept, so its id is never reused
+_profiles = {}  # (id(class), kind) -> (class, profile): the class is kept, so its id is never reused
 
 
 def _profile(cls, kind:str):
     "What fastai's lookup of an event on an instance of `cls` involves, or None when it may run code of its own"
-    hit = _profiles.get(id(cls))
+    hit = _profiles.get((id(cls), kind))
     if hit is not None and hit[0] is cls: return hit[1]
     prof = _make_profile(cls, kind)
     if len(_profiles) > 4096: _profiles.clear()
-    _profiles[id(cls)] = (cls, prof)
+    _profiles[(id(cls), kind)] = (cls, prof)
     return prof
 
 

@@ -33,9 +33,9 @@ class BinaryLearner(Learner):
     fast = True  # learners exported before `fast` existed are fast
 
     @delegates(Learner.__init__)
-    def __init__(self, dls, model, fast:bool=True, **kwargs):
+    def __init__(self, dls, model, *args, fast:bool=True, **kwargs):
         self.fast = fast  # False: fastai's own code paths
-        super().__init__(dls, model, **kwargs)
+        super().__init__(dls, model, *args, **kwargs)
 
     def _fast(self) -> bool: return self.fast and fast_paths_checked()
 

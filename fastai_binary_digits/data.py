@@ -8,9 +8,11 @@ from torch import Tensor
 from fastcore.meta import delegates
 from fastai.torch_core import TensorBase, default_device, defaults, to_device
 from fastai.data.core import DataLoaders, Pipeline, TfmdDL
+from fastai.data.load import DataLoader
 from fastai.data.transforms import CategoryMap
 from fastai.imports import dispatch
 
+from .compat import fast_paths_checked
 from .mnist import find_source, load_source
 from .plots import _grid_axes
 
@@ -121,33 +123,75 @@ def _as_image(o) -> np.ndarray:
 
 
 class BinaryDigitsDL(TfmdDL):
-    "A fastai `TfmdDL` that slices batches out of a `DigitTensors` rather than collating items one by one"
-    def __init__(self, dataset:DigitTensors, bs:int=256, shuffle:bool=False, drop_last:bool=False, device=None, **kwargs):
-        kwargs['num_workers'] = 0  # batches are tensor slices: worker processes would only add cost
+    """A fastai `TfmdDL` that slices batches out of a `DigitTensors` rather than collating items one by one. Given a
+    per-item hook (`after_item`, `before_batch`, `create_item`, `create_batch`, `do_batch`, `retain`, ...), it makes
+    batches with fastai's own per-item code, so every hook is called as fastai calls it; `fast=False`, or a fastai or
+    torch version the slicing is not checked on (`fastai_binary_digits.compat`), does too"""
+    fast = True  # False: fastai's own `DataLoader` iteration, item by item (`binary_learner(fast=False)` sets it)
+    _item_methods = ('create_item', 'create_batch', 'do_item', 'do_batch', 'retain', 'chunkify')  # fastai's, unless given
+
+    def __init__(self, dataset:DigitTensors, bs:int=256, shuffle:bool=False, drop_last:bool=False, device=None,
+                 fast:bool=True, **kwargs):
+        if kwargs.get('num_workers'):
+            raise ValueError(f"BinaryDigitsDL makes its batches in this process (slices of tensors already in memory), "
+                             f"so it takes no worker processes: leave `num_workers` out, or 0 (got {kwargs['num_workers']!r})")
+        if kwargs.get('wif') is not None:
+            raise ValueError("BinaryDigitsDL runs no worker processes, so fastai would never call `wif` (its worker "
+                             "init hook): leave `wif` out")
+        kwargs['num_workers'] = 0
+        self.fast = fast
         super().__init__(dataset, bs=bs, shuffle=shuffle, drop_last=drop_last, device=device, **kwargs)
+
+    def _fast(self) -> bool: return self.fast and fast_paths_checked()
+
+    def item_hooks(self) -> list:
+        "The per-item hooks, given to this loader or its class, that fastai's item-by-item batching would call"
+        d, cls = self.__dict__, type(self)
+        hooks = [n for n in ('after_item', 'before_batch') if not (type(d.get(n)) is Pipeline and not d[n].fs)]
+        return hooks + [n for n in self._item_methods if n in d or getattr(cls, n) is not getattr(DataLoader, n)]
+
+    def _slices(self) -> bool:
+        "Whether slicing `DigitTensors` gives the batches fastai's item-by-item `create_batches` would"
+        return (self._fast() and type(self.dataset) is DigitTensors and self.bs is not None and self.indexed
+                and not self.item_hooks())
+
+    def _own_indices(self) -> bool:
+        "Whether this epoch's indices come from this class's `get_idxs`, `shuffle_fn` and `sample` (valid, in range)"
+        d, cls = self.__dict__, type(self)
+        return not any(n in d or getattr(cls, n) is not getattr(BinaryDigitsDL, n) for n in ('get_idxs', 'shuffle_fn', 'sample'))
 
     def _one_pass(self):
         "The batch types fastai decodes with (`show_batch`, interpretation); batches themselves stay plain tensors"
+        if self.item_hooks(): return super()._one_pass()  # the hooks may change what a batch holds: fastai finds out
         self._n_inp = 1
         self._types = {tuple: [TensorDigits] + ([] if self.dataset.y is None else [Tensor])}
 
     def get_idxs(self):
-        if not self.shuffle: return range(self.n)
-        g = torch.Generator().manual_seed(self.rng.getrandbits(63))  # from fastai's per-epoch `rng`: seeds carry over
-        return torch.randperm(self.n, generator=g).tolist()  # a list, as fastai's (DistributedDL shares it out)
+        "fastai's `get_idxs` (shuffled by `shuffle_fn`), as a `range` when in order, so that batches are slices"
+        if self.shuffle or self.n is None or not self.indexed: return super().get_idxs()
+        return range(self.n)
+
+    def shuffle_fn(self, idxs):
+        "`idxs` in a random order, drawn by `torch.randperm` from fastai's per-epoch `rng` (so seeds carry over)"
+        g = torch.Generator().manual_seed(self.rng.getrandbits(63))
+        return list(map(idxs.__getitem__, torch.randperm(len(idxs), generator=g).tolist()))  # a list, as fastai's
 
     def sample(self):
-        "All of this epoch's indices at once (one process, no workers) rather than a generator of ints"
-        return self._DataLoader__idxs
+        "All of this epoch's indices at once (one process, no workers) rather than fastai's generator of them"
+        return self._DataLoader__idxs if self._fast() else super().sample()
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        if issubclass(cls or type(self), BinaryDigitsDL): kwargs.setdefault('fast', self.fast)
+        return super().new(dataset, cls, **kwargs)
 
     def __iter__(self):
         "fastai's `DataLoader.__iter__`, without PyTorch's single-process iterator or moving batches already on `device`"
-        if self.pin_memory or self.fake_l.num_workers: yield from super().__iter__(); return
+        if self.pin_memory or self.fake_l.num_workers or not self._fast(): yield from super().__iter__(); return
         self.randomize()
         self.before_iter()
         self._DataLoader__idxs = self.get_idxs()
         device, after_batch = self.device, self.after_batch
-        skip_tfms = isinstance(after_batch, Pipeline) and not after_batch.fs
+        skip_tfms = type(after_batch) is Pipeline and not after_batch.fs
         always_move = defaults.use_cuda == False  # then fastai's `to_device` sends batches to the CPU, whatever `device`
         for b in self.create_batches(self.sample()):
             if device is not None and (always_move or not _on(b, device)): b = to_device(b, device)
@@ -156,12 +200,17 @@ class BinaryDigitsDL(TfmdDL):
         if hasattr(self, 'it'): del self.it
 
     def create_batches(self, samps):
+        "fastai's `create_batches` (item by item, through every hook), as slices of the tensors when that is the same"
+        if not self._slices(): yield from super().create_batches(samps); return
         ds, bs = self.dataset, self.bs
-        if isinstance(samps, range) and samps.step == 1:  # in order: slices are views, nothing is copied
-            idxs = None
+        if isinstance(samps, range) and samps.step == 1 and 0 <= samps.start and samps.stop <= len(ds):
+            idxs = None  # in order: slices are views, nothing is copied
             n, start = len(samps), samps.start
-        else:                                              # shuffled, or a share handed over by `DistributedDL`
-            idxs = torch.as_tensor(samps if isinstance(samps, list) else list(samps), dtype=torch.long, device=ds.x.device)
+        else:            # shuffled, or a share handed over by `DistributedDL`
+            samps = samps if type(samps) is list else list(samps)
+            if not (self._own_indices() or all(type(i) is int and 0 <= i < len(ds) for i in samps)):
+                yield from super().create_batches(samps); return  # indices from a hook: fastai reads each as it does
+            idxs = torch.as_tensor(samps, dtype=torch.long, device=ds.x.device)
             n, start = len(idxs), 0
         for i in range(0, n, bs):
             if self.drop_last and i + bs > n: break

@@ -38,13 +38,39 @@ def _fix_distributed_dl():
 
 
 _HAS_ACCELERATE = find_spec('accelerate') is not None  # `fastai.distributed` needs it: the `distributed` extra
-if _HAS_ACCELERATE:
-    _fix_distributed_dl()
-    # fastai's `distrib_ctx` leaves the process group Accelerate started alive, so fastai can still gather after it;
-    # left to interpreter shutdown, gloo's worker threads can then abort a run that trained well (SIGABRT, "terminate
-    # called without an active exception"). fastai's `teardown_distrib` destroys it while Python is still whole.
-    from fastai.distributed import teardown_distrib
-    atexit.register(teardown_distrib)
+if _HAS_ACCELERATE: _fix_distributed_dl()
+
+_STARTED = []  # the process group fastai's `distrib_ctx` started through the package (Accelerate), if any
+
+
+def _group():
+    "The default process group, or None"
+    dist = torch.distributed
+    return dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
+
+
+@contextmanager
+def noting_process_group():
+    """Note the process group that starts inside this context (fastai's `distrib_ctx`, through Accelerate), so that
+    `teardown_started` destroys it; a group already up when the context starts (the user's) is never noted"""
+    before = _group()
+    try: yield
+    finally:
+        after = _group()
+        if before is None and after is not None and not any(after is g for g in _STARTED): _STARTED.append(after)
+
+
+def teardown_started():
+    "Destroy the process group fastai's `distrib_ctx` started through the package, if it is still up; never another"
+    g = _group()
+    if g is not None and any(g is o for o in _STARTED): torch.distributed.destroy_process_group()
+    _STARTED.clear()
+
+
+# fastai's `distrib_ctx` leaves the process group Accelerate started alive, so fastai can still gather after it; left to
+# interpreter shutdown, gloo's worker threads can then abort a run that trained well (SIGABRT, "terminate called without
+# an active exception"). Destroyed while Python is still whole; a group the user made is the user's to destroy.
+atexit.register(teardown_started)
 
 
 def require_accelerate():
@@ -78,18 +104,19 @@ def distrib_ctx_if_launched(learn:Learner, **kwargs):
     """`learn.distrib_ctx()` when this process is one of several launched by `torchrun` (`WORLD_SIZE` > 1), on the GPUs
     when there are some and on the CPU (gloo) otherwise; nothing when it runs alone. `kwargs` go to `distrib_ctx`.
     On leaving, the processes part: each holds the trained model and goes on alone (`WORLD_SIZE` becomes 1, since fastai
-    gathers every prediction and metric across processes while it is above 1); `rank_distrib()` still tells rank 0."""
+    gathers every prediction and metric across processes while it is above 1); `rank_distrib()` still tells rank 0.
+    The process group the context started is destroyed; one the user made before stays up."""
     if num_distrib() <= 1:
         yield learn
         return
     require_accelerate()
-    from fastai.distributed import teardown_distrib  # importing it adds `Learner.distrib_ctx`
+    import fastai.distributed  # adds `Learner.distrib_ctx`
     kwargs.setdefault('cpu', not torch.cuda.is_available())
     try:
-        with learn.distrib_ctx(**kwargs):
+        with noting_process_group(), learn.distrib_ctx(**kwargs):
             learn.dls.to(learn.distributed_trainer.accelerator.device)  # each rank's tensors on its own device (GPU i)
             _check_same_data(learn.dls)
             yield learn
     finally:
-        teardown_distrib()
+        teardown_started()  # the group started here; one the user made stays up
         os.environ['WORLD_SIZE'] = '1'

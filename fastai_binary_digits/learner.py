@@ -1,13 +1,12 @@
 "`binary_learner`: a fastai `Learner` for a pair of digits, with the book's loss, metric and optimizer"
 from __future__ import annotations
 import random
-from operator import attrgetter
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from fastcore.meta import delegates
-from fastai.callback.core import event
 import fastai.callback.progress  # adds fastai's progress bars and table to every Learner's default callbacks
 import fastai.callback.schedule  # adds `fit_one_cycle` and `lr_find` to `Learner`
 from fastai.learner import Learner
@@ -15,9 +14,11 @@ from fastai.optimizer import SGD, Optimizer
 from fastai.torch_core import defaults, num_distrib, rank_distrib, set_seed
 from fastcore.foundation import L
 
-from .data import BinaryDigitsDL, _on, check_device
+from .compat import fast_paths_checked
+from .data import BinaryDigitsDL, DigitTensors, _on, check_device
+from .dispatch import call_event
 from .files import atomic_path
-from .optimizer import SGDOptimizer, _RECIPES as _SGD_RECIPES
+from .optimizer import SGDOptimizer, sgd_recipe
 from .losses import batch_accuracy, mnist_loss
 from .models import ARCHS
 
@@ -25,35 +26,36 @@ __all__ = ['BinaryLearner', 'binary_learner', 'get_model']
 
 
 class BinaryLearner(Learner):
-    """A fastai `Learner` with a lighter step: per event it calls only the callbacks that define it (fastai asks every
-    one, every time), leaves batches already on the model's device as they are, and steps fastai's `SGD` per group"""
+    """A fastai `Learner` with a lighter step: per event it skips the callbacks proven not to handle it (fastai asks
+    every one, every time), leaves batches already on the model's device as they are, and steps fastai's `SGD` a
+    parameter group at a time. `fast=False`, or a fastai or torch version they are not checked on
+    (`fastai_binary_digits.compat`), gives fastai's own code paths"""
+    fast = True  # learners exported before `fast` existed are fast
+
+    @delegates(Learner.__init__)
+    def __init__(self, dls, model, *args, fast:bool=True, **kwargs):
+        self.fast = fast  # False: fastai's own code paths
+        super().__init__(dls, model, *args, **kwargs)
+
+    def _fast(self) -> bool: return self.fast and fast_paths_checked()
 
     def __call__(self, event_name):
+        if not self._fast(): return Learner.__call__(self, event_name)
         if isinstance(event_name, str): self._call_one(event_name)
         else: L(event_name).map(self._call_one)
 
     def _call_one(self, event_name:str):
-        cbs = tuple(self.cbs.items)
-        key = (event_name, cbs, tuple(map(_order, cbs)))  # any change to the callbacks or their order is a new key
-        dispatch = self.__dict__.setdefault('_dispatch', {})
-        todo = dispatch.get(key)
-        if todo is None:
-            if not hasattr(event, event_name): raise Exception(f'missing {event_name}')
-            if len(dispatch) > 512: dispatch.clear()
-            # `after_fit` goes to every callback: `Callback.__call__` resets its `run` flag there
-            todo = dispatch[key] = tuple(cb for cb in sorted(cbs, key=lambda cb: cb.order)
-                                         if event_name == 'after_fit' or _defines(cb, event_name))
-        for cb in todo: cb(event_name)
+        if self._fast() and type(self.cbs) is L: call_event(self, event_name)
+        else: Learner._call_one(self, event_name)
 
     def _set_device(self, b):
         "fastai's `_set_device`: `b` on the model's device (where fastai's two branches both send it)"
-        if defaults.use_cuda != False and _on(b, next(self.model.parameters()).device): return b
+        if self._fast() and defaults.use_cuda != False and _on(b, next(self.model.parameters()).device): return b
         return super()._set_device(b)
 
     def to_detach(self, b, cpu:bool=True, gather:bool=True):
         "fastai's `to_detach`, without its recursion for a single tensor from our loaders outside distributed training"
-        dl = self.__dict__.get('dl')
-        if type(b) is Tensor and type(dl) is BinaryDigitsDL and not (gather and num_distrib() > 1):
+        if type(b) is Tensor and not (gather and num_distrib() > 1) and self._fast() and _no_to_detach(self.__dict__.get('dl')):
             b = b.detach()
             return b.cpu() if cpu else b
         return super().to_detach(b, cpu, gather)
@@ -61,29 +63,29 @@ class BinaryLearner(Learner):
     def create_opt(self):
         "fastai's `create_opt`; an optimizer made of fastai's `SGD` callbacks then steps each group in batched updates"
         super().create_opt()
-        if type(self.opt) is Optimizer and tuple(self.opt.cbs) in _SGD_RECIPES:
+        if self._fast() and type(self.opt) is Optimizer and sgd_recipe(self.opt.cbs) is not None:
             self.opt.__class__ = SGDOptimizer  # the same object and state: `SGDOptimizer` only overrides `step`, `zero_grad`
 
+    @contextmanager
     def distrib_ctx(self, *args, **kwargs):
         "fastai's `distrib_ctx`, after the package's fix that lets fastai's `DistributedDL` run on CPU backends (gloo)"
-        from .distributed import require_accelerate  # importing it applies the fix
+        from .distributed import require_accelerate, noting_process_group  # importing it applies the fix
         require_accelerate()
         import fastai.distributed  # adds `Learner.distrib_ctx`
-        return Learner.distrib_ctx(self, *args, **kwargs)
+        with noting_process_group(), Learner.distrib_ctx(self, *args, **kwargs) as learn: yield learn
 
     def export(self, fname:str|Path='export.pkl', **kwargs):
         "fastai's `export`, written to a temporary file then renamed, so an existing export is never left half-written"
         if rank_distrib(): return  # as fastai: only the main process exports
-        self.__dict__.pop('_dispatch', None)
         with atomic_path(Path(self.path).expanduser()/Path(fname).expanduser()) as tmp: super().export(tmp, **kwargs)  # `tmp` is absolute: `path/tmp` is `tmp`
 
 
-_order = attrgetter('order')
-
-
-def _defines(cb, event_name:str) -> bool:
-    "Whether `cb` has its own `event_name` (on its class or the instance), not one found through `GetAttr` delegation"
-    return event_name in cb.__dict__ or any(event_name in k.__dict__ for k in type(cb).__mro__)
+def _no_to_detach(dl) -> bool:
+    "Whether `dl` is one of our loaders, over our tensors, without a `to_detach` (then fastai calls its own function)"
+    if type(dl) is not BinaryDigitsDL or type(dl.__dict__.get('dataset')) is not DigitTensors: return False
+    ds = dl.dataset  # `dl.to_detach` would be looked up on the loader, then on its dataset (`GetAttr`)
+    return not (any(k in dl.__dict__ for k in ('to_detach', '_default', '_xtra')) or 'to_detach' in ds.__dict__
+                or hasattr(BinaryDigitsDL, 'to_detach') or hasattr(DigitTensors, 'to_detach'))
 
 
 def get_model(arch) -> nn.Module:
@@ -127,6 +129,7 @@ def binary_learner(dls,
     metrics=batch_accuracy,       # metric(s) shown in fastai's table
     seed:int|None=None,           # seed the initial weights and the loaders' shuffling: same seed, same table
     device=None,                  # where to train; None: where the data is
+    fast:bool=True,               # the package's fast paths, where the installed fastai and torch are checked; False: fastai's own
     **kwargs,
 ) -> BinaryLearner:
     "A `Learner` for `dls` (a `BinaryDigitsDataLoaders`) with the book's loss, metric and SGD"
@@ -140,4 +143,7 @@ def binary_learner(dls,
     else: device = getattr(dls, 'device', None) or check_device(None)
     model.to(device)
     _check_output(model, dls.train.dataset.x[:2].to(device))
-    return BinaryLearner(dls, model, loss_func=loss_func, opt_func=opt_func, lr=lr, metrics=metrics, **kwargs)
+    if not fast:  # fastai's own code paths, the loaders' too
+        for dl in dls.loaders:
+            if isinstance(dl, BinaryDigitsDL): dl.fast = False
+    return BinaryLearner(dls, model, loss_func=loss_func, opt_func=opt_func, lr=lr, metrics=metrics, fast=fast, **kwargs)

@@ -3,11 +3,23 @@ from __future__ import annotations
 import torch
 from fastai.optimizer import Optimizer, average_grad, l2_reg, momentum_step, sgd_step, weight_decay
 
+from .compat import fast_paths_checked
+
 __all__ = ['SGDOptimizer']
 
-# fastai's `SGD` callbacks -> (decoupled weight decay, momentum): the recipes `SGDOptimizer.step` batches
-_RECIPES = {(weight_decay, sgd_step): (True, False), (l2_reg, sgd_step): (False, False),
-            (weight_decay, average_grad, momentum_step): (True, True), (l2_reg, average_grad, momentum_step): (False, True)}
+# fastai's `SGD` callbacks, (decoupled weight decay, momentum): the recipes `SGDOptimizer.step` batches
+_RECIPES = (((weight_decay, sgd_step), (True, False)), ((l2_reg, sgd_step), (False, False)),
+            ((weight_decay, average_grad, momentum_step), (True, True)), ((l2_reg, average_grad, momentum_step), (False, True)))
+
+
+def sgd_recipe(cbs) -> tuple|None:
+    "(decoupled weight decay, momentum) when the optimizer callbacks `cbs` are exactly one of fastai's `SGD`s, else None"
+    cbs = list(cbs)  # compared by identity: callbacks need not be hashable, nor their `__eq__` called
+    for fs, recipe in _RECIPES:
+        if len(fs) == len(cbs) and all(f is cb for f, cb in zip(fs, cbs)): return recipe
+    return None
+
+
 _STATE_KEYS = {'do_wd', 'force_train', 'grad_avg'}  # what fastai's SGD keeps per parameter
 
 
@@ -16,19 +28,22 @@ class SGDOptimizer(Optimizer):
     to a whole parameter group at once; any other callbacks, or state the batched step does not know, take fastai's path"""
 
     def zero_grad(self):
+        if not fast_paths_checked(): return super().zero_grad()
         for pg in self.param_lists:
             for p in pg:
+                self.state[p]  # as fastai's `all_params`: every parameter gets its (empty) state
                 if p.grad is not None:
                     p.grad.detach_()
                     p.grad.zero_()
 
     def step(self, closure=None):
         if closure is not None: raise NotImplementedError("fastai optimizers currently do not support closure")
-        recipe = _RECIPES.get(tuple(self.cbs))
+        recipe = sgd_recipe(self.cbs) if fast_paths_checked() else None
         if recipe is None: return super().step()
         decouple, momentum = recipe
         groups = []
         for pg, hyper in zip(self.param_lists, self.hypers):
+            for p in pg: self.state[p]  # as fastai's `all_params`: every parameter gets its (empty) state
             ps = [p for p in pg if p.grad is not None]
             if not ps: continue
             states = [self.state[p] for p in ps]

@@ -53,3 +53,17 @@ def fastai_home(monkeypatch, tmp_path):
     fastai_cfg.cache_clear()  # fastai reads FASTAI_HOME once per process (`lru_cache`): let it read this one
     yield tmp_path/'fastai_home'
     fastai_cfg.cache_clear()
+
+
+@pytest.fixture
+def fast_paths_on(monkeypatch):
+    """The fast paths on, on the fastai and torch installed here, whatever `compat.CHECKED` says of them: the tests
+    that check the fast paths against fastai's own check them on every version CI runs"""
+    import fastai, torch
+    from packaging.version import Version
+    from fastai_binary_digits import compat
+    for name, v in (('fastai', fastai.__version__), ('torch', torch.__version__)):
+        monkeypatch.setitem(compat.CHECKED, name, (Version(v).public,)*2)
+    compat.fast_paths_checked.cache_clear()
+    yield
+    compat.fast_paths_checked.cache_clear()

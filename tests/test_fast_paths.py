@@ -19,6 +19,8 @@ from fastai_binary_digits.learner import BinaryLearner
 from fastai_binary_digits.mnist import load_digits
 from fastai_binary_digits.optimizer import SGDOptimizer
 
+pytestmark = pytest.mark.usefixtures('fast_paths_on')  # conftest.py: checked on whatever fastai and torch are here
+
 
 @pytest.fixture
 def dls():

@@ -1,7 +1,7 @@
 """Model files that cannot run code: a learner's weights in `safetensors` with the few facts that rebuild it (the pair,
 the architecture, the loss, the image preparation), beside fastai's pickle export, which only trusted files should use"""
 from __future__ import annotations
-import json, struct
+import json, math, struct
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ SAFE_SUFFIX, PICKLE_SUFFIX = '.safetensors', '.pkl'
 LOSSES = {'mnist_loss': mnist_loss, 'log_loss': log_loss}  # losses the safe format holds, by name
 _DTYPES = {torch.float32: 'F32', torch.float64: 'F64', torch.float16: 'F16', torch.bfloat16: 'BF16',
            torch.int64: 'I64', torch.int32: 'I32', torch.uint8: 'U8', torch.bool: 'BOOL'}  # safetensors' names
+_ITEMSIZE = dict(F64=8, F32=4, F16=2, BF16=2, I64=8, I32=4, I16=2, I8=1, U8=1, BOOL=1)  # bytes per element
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 _FORMATS = ("'.safetensors' (the safe format: weights and settings only, it cannot run code; written by "
             "`learn.export('model.safetensors')`) or '.pkl' (fastai's pickle export, `learn.export('model.pkl')`, "
@@ -108,28 +109,35 @@ def _content_error(fn:Path, what:str) -> ValueError:
 
 
 def _check_bytes(fn:Path):
-    "Refuse, before any parser sees it, a file that is a pickle or too short for its own header"
+    "Refuse, before any parser sees it, a pickle, and a file whose header does not fit its bytes (truncated, lying)"
     size = fn.stat().st_size
-    with open(fn, 'rb') as f: head = f.read(8)
-    if head.startswith(b'PK\x03\x04') or head[:1] == b'\x80':
-        kind = "a zip archive, as `torch.save` and fastai's `learn.export` write" if head[:2] == b'PK' else 'a pickle'
+    with open(fn, 'rb') as f: head = f.read(9)
+    n = struct.unpack('<Q', head[:8])[0] if size >= 8 else 0
+    looks_safe = head[8:] == b'{' and n <= size - 8  # a header size that fits, then the JSON header
+    if not looks_safe and (head.startswith(b'PK\x03\x04') or head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05')):
+        kind = "a zip archive, as `torch.save` and fastai's `learn.export` write" if head[:1] == b'P' else 'a pickle'
         raise _content_error(fn, f"it holds {kind} (a pickle, which can run code when loaded, so it is never opened "
                                  "from a '.safetensors' name). Only if it comes from someone you trust, rename it "
                                  "to '.pkl' and load it as fastai's export")
     if size < 8: raise _content_error(fn, f"it is {size} bytes long, too short for the 8-byte header size "
                                           "(truncated or empty); export it again")
-    n, = struct.unpack('<Q', head)
     if n > _MAX_HEADER: raise _content_error(fn, f"its first 8 bytes give a header of {n:,} bytes, which no safetensors "
                                                  "file has (is it another kind of file?)")
     if 8 + n > size: raise _content_error(fn, f"it is truncated: its header alone claims {n:,} bytes, but the file "
                                               f"holds {size - 8:,} after the header size; export it again")
     with open(fn, 'rb') as f: f.seek(8); header = f.read(n)
-    try: ends = [v['data_offsets'][1] for k, v in json.loads(header).items() if k != '__metadata__']
+    try: entries = {k: (v['dtype'], [int(d) for d in v['shape']], [int(o) for o in v['data_offsets']])
+                    for k, v in json.loads(header).items() if k != '__metadata__'}
     except Exception: return  # not the layout safetensors writes: its own parser names what is wrong
     data = size - 8 - n
-    if ends and max(ends) > data:
-        raise _content_error(fn, f"it is truncated: its header describes {max(ends):,} bytes of tensors, but "
-                                 f"{data:,} follow it; export it again")
+    end = max((o[1] for *_, o in entries.values()), default=0)
+    if end > data: raise _content_error(fn, f"it is truncated: its header describes {end:,} bytes of tensors, but "
+                                            f"{data:,} follow it; export it again")
+    for k, (dtype, shape, (start, stop)) in entries.items():
+        need = math.prod(shape)*_ITEMSIZE.get(dtype, 0)
+        if dtype in _ITEMSIZE and stop - start != need:
+            raise _content_error(fn, f"its header gives the tensor {k!r} ({dtype}, shape {shape}, {need:,} bytes) "
+                                     f"{stop - start:,} bytes of data")
 
 
 def _read_metadata(fn:Path, meta:dict|None) -> dict:
@@ -209,7 +217,7 @@ def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
         with safe_open(fn, framework='pt', device='cpu') as f:
             facts = _read_metadata(fn, f.metadata())
             state = _read_tensors(fn, f, facts['arch'])
-    except SafetensorError as e: raise _content_error(fn, f"{e} (damaged or truncated?)") from None
+    except SafetensorError as e: raise _content_error(fn, f"{e} (the file is damaged: export it again)") from None
     device = torch.device('cpu') if cpu else default_device()
     model = ARCHS[facts['arch']]()
     model.load_state_dict(state, strict=True)
@@ -253,6 +261,6 @@ def check_model_suffix(fname:str|Path, what:str='Model file') -> str:
 def load_model_file(fname:str|Path, cpu:bool=True) -> Learner:
     """The learner in `fname`, chosen by its suffix: '.safetensors' is read safely (`load_binary_learner`), '.pkl'
     with fastai's `load_learner` (it runs code: only files you trust); any other name is refused"""
-    suffix = check_model_suffix(fname)
     fn = _existing_file(fname)
+    suffix = check_model_suffix(fname)
     return load_binary_learner(fn, cpu=cpu) if suffix == SAFE_SUFFIX else _load_pickle(fn, cpu)

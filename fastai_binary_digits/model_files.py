@@ -174,9 +174,8 @@ def _version() -> str:
     return __version__
 
 
-def _read_tensors(fn:Path, f, arch:str) -> dict:
-    "The state dict of `arch` from the open safetensors `f`, each tensor checked against the architecture first"
-    ref = ARCHS[arch]().state_dict()
+def _read_tensors(fn:Path, f, arch:str, ref:dict) -> dict:
+    "The state dict of `arch` from the open safetensors `f`, each tensor checked against `arch`'s, `ref`, first"
     keys = set(f.keys())
     missing, extra = [k for k in ref if k not in keys], sorted(keys - set(ref))
     if missing: raise _content_error(fn, f"the {arch!r} architecture needs the tensor(s) {', '.join(missing)}, "
@@ -198,8 +197,9 @@ def _empty_dls(pair:tuple, prepare:bool, path:Path, device) -> BinaryDigitsDataL
     "Loaders of `pair` holding no images, as fastai's `export` leaves them: `test_dl`, `vocab` and decoding work"
     vocab = CategoryMap(list(pair), sort=False)
     empty = lambda: DigitTensors(torch.empty(0, 28*28, device=device), torch.empty(0, 1, device=device), vocab)
-    dls = BinaryDigitsDataLoaders(BinaryDigitsDL(empty(), shuffle=True, device=device),
-                                  BinaryDigitsDL(empty(), device=device), path=path, device=device)
+    # `do_setup=False`, as fastai's `new_empty`: the loaders have no transforms to set up
+    dls = BinaryDigitsDataLoaders(BinaryDigitsDL(empty(), shuffle=True, device=device, do_setup=False),
+                                  BinaryDigitsDL(empty(), device=device, do_setup=False), path=path, device=device)
     dls.prepare = prepare  # issue 10's setting: whether `test_dl` prepares a person's images as MNIST's
     return dls
 
@@ -216,12 +216,13 @@ def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
     try:
         with safe_open(fn, framework='pt', device='cpu') as f:
             facts = _read_metadata(fn, f.metadata())
-            state = _read_tensors(fn, f, facts['arch'])
+            model = ARCHS[facts['arch']]()
+            state = _read_tensors(fn, f, facts['arch'], model.state_dict())
     except SafetensorError as e: raise _content_error(fn, f"{e} (the file is damaged: export it again)") from None
     device = torch.device('cpu') if cpu else default_device()
-    model = ARCHS[facts['arch']]()
-    model.load_state_dict(state, strict=True)
-    model.to(device).eval()
+    model.load_state_dict(state, strict=True, assign=True)  # the file's tensors become the model's: all of them
+    if device.type != 'cpu': model.to(device)
+    model.eval()
     dls = _empty_dls(facts['pair'], facts['prepare'], fn.parent, device)
     return BinaryLearner(dls, model, loss_func=LOSSES[facts['loss']], opt_func=SGD, metrics=batch_accuracy)
 

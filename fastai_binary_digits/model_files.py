@@ -108,13 +108,15 @@ def _content_error(fn:Path, what:str) -> ValueError:
     return ValueError(f"Cannot load {fn} as a safetensors model file: {what}")
 
 
-def _check_bytes(fn:Path):
-    "Refuse, before any parser sees it, a pickle, and a file whose header does not fit its bytes (truncated, lying)"
+def _read_header(fn:Path) -> tuple:
+    """The metadata and the tensors `{name: (dtype, shape, (start, stop))}` that the header of `fn` describes, read
+    without any parser but `json`; a pickle, or a header that does not fit the file's bytes, is a clear error"""
     size = fn.stat().st_size
     with open(fn, 'rb') as f: head = f.read(9)
     n = struct.unpack('<Q', head[:8])[0] if size >= 8 else 0
     looks_safe = head[8:] == b'{' and n <= size - 8  # a header size that fits, then the JSON header
-    if not looks_safe and (head.startswith(b'PK\x03\x04') or head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05')):
+    pickled = head.startswith(b'PK\x03\x04') or head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05')
+    if pickled and not looks_safe:
         kind = "a zip archive, as `torch.save` and fastai's `learn.export` write" if head[:1] == b'P' else 'a pickle'
         raise _content_error(fn, f"it holds {kind} (a pickle, which can run code when loaded, so it is never opened "
                                  "from a '.safetensors' name). Only if it comes from someone you trust, rename it "
@@ -126,9 +128,16 @@ def _check_bytes(fn:Path):
     if 8 + n > size: raise _content_error(fn, f"it is truncated: its header alone claims {n:,} bytes, but the file "
                                               f"holds {size - 8:,} after the header size; export it again")
     with open(fn, 'rb') as f: f.seek(8); header = f.read(n)
-    try: entries = {k: (v['dtype'], [int(d) for d in v['shape']], [int(o) for o in v['data_offsets']])
-                    for k, v in json.loads(header).items() if k != '__metadata__'}
-    except Exception: return  # not the layout safetensors writes: its own parser names what is wrong
+    try: header = json.loads(header)
+    except ValueError as e:  # `UnicodeDecodeError` and `json.JSONDecodeError` are `ValueError`s
+        raise _content_error(fn, f"its header is not valid JSON ({e}); the file is damaged: export it again") from None
+    if not isinstance(header, dict): raise _content_error(fn, "its header is not a JSON object")
+    meta, entries = header.pop('__metadata__', None), {}
+    for k, v in header.items():
+        try: entries[k] = (str(v['dtype']), [int(d) for d in v['shape']], tuple(int(o) for o in v['data_offsets'][:2]))
+        except (TypeError, KeyError, ValueError):
+            raise _content_error(fn, f"its header describes the tensor {k!r} as {v!r}, not with a dtype, shape and "
+                                     "data_offsets") from None
     data = size - 8 - n
     end = max((o[1] for *_, o in entries.values()), default=0)
     if end > data: raise _content_error(fn, f"it is truncated: its header describes {end:,} bytes of tensors, but "
@@ -138,6 +147,7 @@ def _check_bytes(fn:Path):
         if dtype in _ITEMSIZE and stop - start != need:
             raise _content_error(fn, f"its header gives the tensor {k!r} ({dtype}, shape {shape}, {need:,} bytes) "
                                      f"{stop - start:,} bytes of data")
+    return meta if isinstance(meta, dict) else {}, entries
 
 
 def _read_metadata(fn:Path, meta:dict|None) -> dict:
@@ -174,23 +184,20 @@ def _version() -> str:
     return __version__
 
 
-def _read_tensors(fn:Path, f, arch:str, ref:dict) -> dict:
-    "The state dict of `arch` from the open safetensors `f`, each tensor checked against `arch`'s, `ref`, first"
-    keys = set(f.keys())
-    missing, extra = [k for k in ref if k not in keys], sorted(keys - set(ref))
+def _check_tensors(fn:Path, entries:dict, arch:str, ref:dict):
+    "Each tensor of `arch` (its state dict `ref`) described in `entries` with its shape and dtype, and no other"
+    missing, extra = [k for k in ref if k not in entries], sorted(set(entries) - set(ref))
     if missing: raise _content_error(fn, f"the {arch!r} architecture needs the tensor(s) {', '.join(missing)}, "
                                          "missing from the file")
     if extra: raise _content_error(fn, f"it holds tensor(s) {', '.join(extra)} that the {arch!r} architecture "
                                        "does not have")
     for k, r in ref.items():
-        s = f.get_slice(k)
-        shape, dtype = tuple(s.get_shape()), s.get_dtype()
-        if shape != tuple(r.shape):
-            raise _content_error(fn, f"its tensor {k!r} has shape {list(shape)}; the {arch!r} architecture needs "
+        dtype, shape, _ = entries[k]
+        if shape != list(r.shape):
+            raise _content_error(fn, f"its tensor {k!r} has shape {shape}; the {arch!r} architecture needs "
                                      f"{list(r.shape)}")
         if dtype != _DTYPES.get(r.dtype):
             raise _content_error(fn, f"its tensor {k!r} is {dtype}; the {arch!r} architecture needs {_DTYPES[r.dtype]}")
-    return {k: f.get_tensor(k) for k in ref}
 
 
 def _empty_dls(pair:tuple, prepare:bool, path:Path, device) -> BinaryDigitsDataLoaders:
@@ -212,12 +219,12 @@ def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
     if fn.suffix.lower() != SAFE_SUFFIX:
         raise ValueError(f"{fn} does not end in '.safetensors': `load_binary_learner` reads only the safe format; "
                          "use `load_model_file` for either format")
-    _check_bytes(fn)
-    try:
-        with safe_open(fn, framework='pt', device='cpu') as f:
-            facts = _read_metadata(fn, f.metadata())
-            model = ARCHS[facts['arch']]()
-            state = _read_tensors(fn, f, facts['arch'], model.state_dict())
+    meta, entries = _read_header(fn)
+    facts = _read_metadata(fn, meta)
+    model = ARCHS[facts['arch']]()
+    _check_tensors(fn, entries, facts['arch'], model.state_dict())
+    try:  # safetensors' own parser reads the same header again, and the tensors
+        with safe_open(fn, framework='pt', device='cpu') as f: state = {k: f.get_tensor(k) for k in entries}
     except SafetensorError as e: raise _content_error(fn, f"{e} (the file is damaged: export it again)") from None
     device = torch.device('cpu') if cpu else default_device()
     model.load_state_dict(state, strict=True, assign=True)  # the file's tensors become the model's: all of them

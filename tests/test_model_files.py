@@ -326,10 +326,15 @@ def _header_bytes(header:dict) -> bytes:
     return len(h).to_bytes(8, 'little') + h
 
 
-def _shape_lie(fn):
+def _edit_raw(fn, edit) -> bytes:
+    "The bytes of the safe file `fn` after `edit` of its header (a dict)"
     header, data = _raw(fn)
-    header['weight']['shape'] = [1, 785]  # four bytes more than the data it points to
+    edit(header)
     return _header_bytes(header) + data
+
+
+def _shape_lie(fn):  # four bytes more than the data it points to
+    return _edit_raw(fn, lambda h: h['weight'].update(shape=[1, 785]))
 
 
 BROKEN = [  # (what, the file's bytes from the good file's, the error)
@@ -344,7 +349,12 @@ BROKEN = [  # (what, the file's bytes from the good file's, the error)
     ('header size lies', lambda fn: (2**40).to_bytes(8, 'little') + fn.read_bytes()[8:],
      r"its first 8 bytes give a header of 1,099,511,627,776 bytes, which no safetensors file has"),
     ('header not json', lambda fn: fn.read_bytes()[:8] + b'!' + fn.read_bytes()[9:],
-     r"Error while deserializing header: invalid JSON in header.*\(the file is damaged: export it again\)"),
+     r"its header is not valid JSON \(Expecting value: line 1 column 1 \(char 0\)\); the file is damaged"),
+    ('header a list', lambda fn: _header_bytes([1, 2]), r"its header is not a JSON object"),
+    ('tensor without dtype', lambda fn: _edit_raw(fn, lambda h: h['bias'].pop('dtype')),
+     r"its header describes the tensor 'bias' as \{'shape': \[1\], 'data_offsets': \[0, 4\]\}, not with a dtype"),
+    ('overlapping tensors', lambda fn: _edit_raw(fn, lambda h: h['weight'].update(data_offsets=[0, 3136])),
+     r"Error while deserializing header: .* \(the file is damaged: export it again\)"),  # safetensors' own check
     ('a text file', lambda fn: b'hello, this is not a model\n', r"its first 8 bytes give a header of [\d,]+ bytes, which no"),
 ]
 

@@ -1,11 +1,13 @@
 """Model files that cannot run code: a learner's weights in `safetensors` with the few facts that rebuild it (the pair,
 the architecture, the loss, the image preparation), beside fastai's pickle export, which only trusted files should use"""
 from __future__ import annotations
-import json, math, struct
+import json, math, os, struct
 from pathlib import Path
 
 import torch
 from torch import nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from fastai.data.transforms import CategoryMap
 from fastai.learner import Learner, load_learner
 from fastai.optimizer import SGD
@@ -87,7 +89,6 @@ def export_binary_learner(learn:Learner, fname:str|Path='export.safetensors'):
             raise ValueError(f"The weight {k!r} of the model is {v.dtype}; the safe format holds the built-in "
                              f"architectures as built, in {ref[k].dtype}: call `learn.model.float()` first")
         tensors[k] = v.detach().to('cpu', copy=True).contiguous()
-    from safetensors.torch import save_file
     with atomic_path(learn.path/fname) as tmp: save_file(tensors, tmp, metadata=metadata)  # `tmp` is absolute
 
 
@@ -111,10 +112,12 @@ def _content_error(fn:Path, what:str) -> ValueError:
 def _read_header(fn:Path) -> tuple:
     """The metadata and the tensors `{name: (dtype, shape, (start, stop))}` that the header of `fn` describes, read
     without any parser but `json`; a pickle, or a header that does not fit the file's bytes, is a clear error"""
-    size = fn.stat().st_size
-    with open(fn, 'rb') as f: head = f.read(9)
-    n = struct.unpack('<Q', head[:8])[0] if size >= 8 else 0
-    looks_safe = head[8:] == b'{' and n <= size - 8  # a header size that fits, then the JSON header
+    with open(fn, 'rb') as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        n = struct.unpack('<Q', head)[0] if size >= 8 else 0  # the header's size, in bytes
+        header = f.read(n) if 8 + n <= size else b''
+    looks_safe = header[:1] == b'{'  # a header size that fits, then the JSON header
     pickled = head.startswith(b'PK\x03\x04') or head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05')
     if pickled and not looks_safe:
         kind = "a zip archive, as `torch.save` and fastai's `learn.export` write" if head[:1] == b'P' else 'a pickle'
@@ -127,7 +130,6 @@ def _read_header(fn:Path) -> tuple:
                                                  "file has (is it another kind of file?)")
     if 8 + n > size: raise _content_error(fn, f"it is truncated: its header alone claims {n:,} bytes, but the file "
                                               f"holds {size - 8:,} after the header size; export it again")
-    with open(fn, 'rb') as f: f.seek(8); header = f.read(n)
     try: header = json.loads(header)
     except ValueError as e:  # `UnicodeDecodeError` and `json.JSONDecodeError` are `ValueError`s
         raise _content_error(fn, f"its header is not valid JSON ({e}); the file is damaged: export it again") from None
@@ -214,7 +216,6 @@ def _empty_dls(pair:tuple, prepare:bool, path:Path, device) -> BinaryDigitsDataL
 def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
     """The inference-ready learner in the safe model file `fname` (written by `learn.export('model.safetensors')`):
     nothing in the file is run; every fact and tensor is checked first. On the CPU, or fastai's default device"""
-    from safetensors import SafetensorError, safe_open
     fn = _existing_file(fname)
     if fn.suffix.lower() != SAFE_SUFFIX:
         raise ValueError(f"{fn} does not end in '.safetensors': `load_binary_learner` reads only the safe format; "

@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         description=_text("Chapter 4 of the fastai book as a tool: train, use and evaluate a classifier of any pair "
                           "of MNIST digits. `fastai-binary-digits COMMAND --help` describes each command."),
         epilog="examples:\n"
-               "  fastai-binary-digits train --sample --pair 4 8 --epochs 5 --out model.safetensors --report report/\n"
+               "  fastai-binary-digits train --sample --pair 4 8 --epochs 5 --report report/\n"
                "  fastai-binary-digits predict model.safetensors digit.png another.jpg\n"
                "  fastai-binary-digits evaluate model.safetensors --sample")
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
@@ -208,7 +208,8 @@ def _train(args) -> int:
     from .model_files import check_model_suffix
     pair = check_pair(tuple(args.pair))
     out = Path(args.out).expanduser().absolute()
-    if out.is_dir(): raise IsADirectoryError(f"--out {args.out} is a folder; give a file name such as model.safetensors")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {args.out} is a folder; give a file name such as model.safetensors")
     check_model_suffix(args.out, '--out')
     _quiet_bars_unless_terminal()
     dls, source = _load_dls(args, pair, args.valid)

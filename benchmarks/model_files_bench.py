@@ -119,7 +119,8 @@ def main(args):
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--archs', nargs='+', choices=ARCHS, default=list(ARCHS), help='architectures to measure')
     p.add_argument('--epochs', type=int, default=1, help='epochs to train each learner before exporting it')
     p.add_argument('--repeats', type=int, default=20, help='in-process loads of each file')

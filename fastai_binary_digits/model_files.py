@@ -1,5 +1,5 @@
-"""Model files that cannot run code: a learner's weights in `safetensors` with the few facts that rebuild it (the pair,
-the architecture, the loss, the image preparation), beside fastai's pickle export, which only trusted files should use"""
+"""Model files that cannot run code: a learner's weights in `safetensors` with the few facts that rebuild it (the
+pair, the architecture, the loss, the image preparation), beside fastai's pickle export, for trusted files only"""
 from __future__ import annotations
 import json, math, os, struct
 from pathlib import Path
@@ -79,9 +79,11 @@ def export_binary_learner(learn:Learner, fname:str|Path='export.safetensors'):
     vocab = getattr(learn.dls, 'vocab', None)
     try: pair = check_pair(vocab)
     except (TypeError, ValueError):
-        raise _export_error(f"`learn.dls.vocab` is {vocab!r}, not a pair of digits from `BinaryDigitsDataLoaders`") from None
+        raise _export_error(f"`learn.dls.vocab` is {vocab!r}, not a pair of digits from `BinaryDigitsDataLoaders`"
+                            ) from None
+    prepare = bool(getattr(learn.dls, 'prepare', True))  # issue 10's setting; loaders without it prepared images
     metadata = dict(format=FORMAT, format_version=str(FORMAT_VERSION), pair=json.dumps(list(pair)), arch=name,
-                    loss=loss, prepare=json.dumps(bool(getattr(learn.dls, 'prepare', True))), package_version=_version())
+                    loss=loss, prepare=json.dumps(prepare), package_version=_version())
     ref = ARCHS[name]().state_dict()
     tensors = {}
     for k, v in learn.model.state_dict().items():
@@ -118,7 +120,8 @@ def _read_header(fn:Path) -> tuple:
         n = struct.unpack('<Q', head)[0] if size >= 8 else 0  # the header's size, in bytes
         header = f.read(n) if 8 + n <= size else b''
     looks_safe = header[:1] == b'{'  # a header size that fits, then the JSON header
-    pickled = head.startswith(b'PK\x03\x04') or head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05')
+    # a zip archive as `torch.save` writes, or a pickle of protocol 2 to 5 (its PROTO opcode, then the number)
+    pickled = head.startswith(b'PK\x03\x04') or len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5
     if pickled and not looks_safe:
         kind = "a zip archive, as `torch.save` and fastai's `learn.export` write" if head[:1] == b'P' else 'a pickle'
         raise _content_error(fn, f"it holds {kind} (a pickle, which can run code when loaded, so it is never opened "
@@ -126,8 +129,8 @@ def _read_header(fn:Path) -> tuple:
                                  "to '.pkl' and load it as fastai's export")
     if size < 8: raise _content_error(fn, f"it is {size} bytes long, too short for the 8-byte header size "
                                           "(truncated or empty); export it again")
-    if n > _MAX_HEADER: raise _content_error(fn, f"its first 8 bytes give a header of {n:,} bytes, which no safetensors "
-                                                 "file has (is it another kind of file?)")
+    if n > _MAX_HEADER: raise _content_error(fn, f"its first 8 bytes give a header of {n:,} bytes, which no "
+                                                 "safetensors file has (is it another kind of file?)")
     if 8 + n > size: raise _content_error(fn, f"it is truncated: its header alone claims {n:,} bytes, but the file "
                                               f"holds {size - 8:,} after the header size; export it again")
     try: header = json.loads(header)

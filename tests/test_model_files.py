@@ -69,7 +69,7 @@ def _preds(learn, images) -> tuple:
 # Round trip
 
 def test_round_trip_in_a_new_process_is_bitwise(learners, files, images):
-    "For each built-in architecture, the safe file loaded in a fresh process predicts bitwise as the learner that wrote it"
+    "Each built-in architecture's safe file, loaded in a fresh process, predicts bitwise as the learner that wrote it"
     here = {arch: _preds(learn, images) for arch, learn in learners.items()}
     code = textwrap.dedent("""
         import json, sys
@@ -310,7 +310,7 @@ def test_a_safe_file_whose_header_lies(what, edit, message, files, tmp_path):
     fn = tmp_path/'lying.safetensors'
     save_file(t, fn, metadata=m or None)
     for load in (load_binary_learner, load_model_file):
-        with pytest.raises(ValueError, match=r"Cannot load .*lying.safetensors as a safetensors model file: " + message):
+        with pytest.raises(ValueError, match=r"Cannot load .*lying.safetensors as a safetensors model file: "+message):
             load(fn)
 
 
@@ -355,7 +355,8 @@ BROKEN = [  # (what, the file's bytes from the good file's, the error)
      r"its header describes the tensor 'bias' as \{'shape': \[1\], 'data_offsets': \[0, 4\]\}, not with a dtype"),
     ('overlapping tensors', lambda fn: _edit_raw(fn, lambda h: h['weight'].update(data_offsets=[0, 3136])),
      r"Error while deserializing header: .* \(the file is damaged: export it again\)"),  # safetensors' own check
-    ('a text file', lambda fn: b'hello, this is not a model\n', r"its first 8 bytes give a header of [\d,]+ bytes, which no"),
+    ('a text file', lambda fn: b'hello, this is not a model\n',
+     r"its first 8 bytes give a header of [\d,]+ bytes, which no"),
 ]
 
 

@@ -2,7 +2,7 @@
 __version__ = '0.1.0'
 
 import warnings
-_API_MODULES = ('data', 'losses', 'models', 'learner', 'plots')  # what `from fastai_binary_digits import *` gives
+_API_MODULES = ('data', 'losses', 'models', 'learner', 'plots', 'model_files')  # what `from fastai_binary_digits import *` gives
 
 
 def _load_api():

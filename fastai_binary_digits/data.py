@@ -237,7 +237,10 @@ class BinaryDigitsDL(TfmdDL):
     def show_results(self, b, out, max_n:int=9, ctxs=None, show:bool=True, **kwargs):
         "Show `max_n` digits with their target and decoded prediction, green when right, red when wrong"
         if not show: return super().show_results(b, out, max_n=max_n, show=False)
-        x, y, p = b[0][:max_n], b[1][:max_n], (out[0] if isinstance(out, (tuple, list)) else out)[:max_n]
+        x, p = b[0][:max_n], (out[0] if isinstance(out, (tuple, list)) else out)[:max_n]
+        if len(b) < 2:  # unlabelled images (a `test_dl` of a person's own): the predictions alone
+            return _show_digits(x, [str(self.vocab[int(q)]) for q in p], suptitle='prediction', **kwargs)
+        y = b[1][:max_n]
         titles = [f'{self.vocab[int(t)]}/{self.vocab[int(q)]}' for t, q in zip(y, p)]
         colors = ['green' if int(t) == int(q) else 'red' for t, q in zip(y, p)]
         return _show_digits(x, titles, colors=colors, suptitle='target/prediction', **kwargs)

@@ -48,7 +48,7 @@ def assert_real_png(fn:Path, min_side:int=150):
 def trained(tmp_path_factory):
     "4 vs 8 trained on the bundled sample for 3 epochs, exported, with its report"
     d = tmp_path_factory.mktemp('cli_train')
-    res = cli('train', '--sample', '--pair', *PAIR, '--epochs', 3, '--seed', 0, '--out', 'models/model.pkl',
+    res = cli('train', '--sample', '--pair', *PAIR, '--epochs', 3, '--seed', 0, '--out', 'models/model.safetensors',
               '--report', 'report', cwd=d)
     return d, res
 
@@ -76,8 +76,8 @@ def test_train_shows_the_table_and_exports(trained):
     rows = [l.split() for l in out[head+1:head+4]]
     assert [r[0] for r in rows] == ['0', '1', '2']
     assert float(rows[-1][3]) > 0.9  # validation accuracy after 3 epochs
-    assert (d/'models'/'model.pkl').stat().st_size > 1000
-    assert 'Exported the learner to models/model.pkl' in out
+    assert (d/'models'/'model.safetensors').stat().st_size > 1000
+    assert 'Exported the learner to models/model.safetensors' in out
     assert 'notice' not in res.stderr
 
 
@@ -100,7 +100,8 @@ def test_cnn_one_cycle_on_the_official_testing_images(tmp_path):
 
 def test_predict_real_images_of_any_size_and_colour(trained, images):
     d, _ = trained
-    res = cli('predict', d/'models'/'model.pkl', *[fn for fn, _ in images], cwd=d)
+    res = cli('predict', d/'models'/'model.safetensors', *[fn for fn, _ in images], cwd=d)
+    assert res.stderr == ''  # a safe file: no warning
     out = lines(res.stdout)
     assert len(out) == len(images)
     got = []
@@ -117,7 +118,7 @@ def test_predict_real_images_of_any_size_and_colour(trained, images):
 def test_predict_json(trained, images):
     d, _ = trained
     fns = [fn for fn, _ in images]
-    text = cli('predict', '--json', d/'models'/'model.pkl', *fns, cwd=d).stdout
+    text = cli('predict', '--json', d/'models'/'model.safetensors', *fns, cwd=d).stdout
     rows = [json.loads(l) for l in text.splitlines()]
     assert [r['image'] for r in rows] == [str(fn) for fn in fns]
     for r in rows:
@@ -142,12 +143,12 @@ def _evaluation(text:str) -> dict:
 def evaluated(trained):
     "`evaluate` of the trained model on the sample's testing images, with a report"
     d, _ = trained
-    return d, cli('evaluate', 'models/model.pkl', '--sample', '--report', 'eval_report', cwd=d)
+    return d, cli('evaluate', 'models/model.safetensors', '--sample', '--report', 'eval_report', cwd=d)
 
 
 def test_evaluate_on_the_testing_images_with_report(evaluated):
     d, res = evaluated
-    assert 'models/model.pkl: 4 vs 8 on the official testing images of the bundled sample (400 images)' in res.stdout
+    assert 'models/model.safetensors: 4 vs 8 on the official testing images of the bundled sample (400 images)' in res.stdout
     ev = _evaluation(res.stdout)
     cm = ev['confusion_matrix']
     assert [sum(r) for r in cm] == [200, 200]  # the sample holds 200 testing images per digit
@@ -163,7 +164,7 @@ def test_evaluate_json_from_fastai_home_matches_the_text(evaluated, sample_png, 
     ev = _evaluation(res.stdout)
     home = tmp_path/'fastai_home'
     shutil.copytree(sample_png, home/'data'/'mnist_png', ignore=shutil.ignore_patterns('.fastai_binary_digits'))
-    res = cli('evaluate', d/'models'/'model.pkl', '--json', cwd=tmp_path, env={'FASTAI_HOME': str(home), **OFFLINE})
+    res = cli('evaluate', d/'models'/'model.safetensors', '--json', cwd=tmp_path, env={'FASTAI_HOME': str(home), **OFFLINE})
     assert 'notice' not in res.stderr  # found in FASTAI_HOME: no fallback
     r = json.loads(res.stdout)
     assert r['source'] == "fastai's MNIST" and r['pair'] == [4, 8] and r['images'] == 400
@@ -175,11 +176,12 @@ def test_offline_fallback_to_the_bundled_sample_same_seed_same_table(trained, tm
     """A fresh machine without network: fastai's MNIST is neither cached nor downloadable, so train says so in one line
     and trains on the bundled sample, which, with the same seed, gives the same table as `--sample`"""
     env = {'FASTAI_HOME': str(tmp_path/'empty_fastai_home'), **OFFLINE}
-    res = cli('train', '--pair', *PAIR, '--epochs', 3, '--seed', 0, '--out', 'm.pkl', cwd=tmp_path, env=env)
+    res = cli('train', '--pair', *PAIR, '--epochs', 3, '--seed', 0, cwd=tmp_path, env=env)  # `--out` by default
     notices = [l for l in lines(res.stderr) if 'notice' in l]
     assert len(notices) == 1 and re.search(r"fastai's MNIST is neither cached nor downloadable.*bundled sample",
                                            notices[0]), res.stderr
-    assert 'Training linear on 4 vs 8 from the bundled sample' in res.stdout and (tmp_path/'m.pkl').exists()
+    assert 'Training linear on 4 vs 8 from the bundled sample' in res.stdout
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ['model.safetensors']
     table = lambda res: [l.split()[:4] for l in lines(res.stdout) if re.match(r'\d+\s', l)]  # without the times
     assert len(table(res)) == 3 and table(res) == table(trained[1])
 
@@ -198,9 +200,9 @@ def test_console_script_is_python_m(tmp_path, capsys):
 
 @pytest.mark.parametrize('cmd, words', [
     ('train', ['--pair', '--arch', 'linear,simple,deep,cnn', '--epochs', '--lr', '--bs', '--seed', '--one-cycle',
-               '--valid', '--sample', '--path', '--out', '--report', '(default: 20)']),
-    ('predict', ['MODEL', 'IMAGE', '--json', 'probability']),
-    ('evaluate', ['MODEL', '--sample', '--path', '--report', '--json', 'official']),
+               '--valid', '--sample', '--path', '--out', '--report', '(default: 20)', '(default: model.safetensors)']),
+    ('predict', ['MODEL', 'IMAGE', '--json', 'probability', "'.safetensors' file (safe)", 'only from people you trust']),
+    ('evaluate', ['MODEL', '--sample', '--path', '--report', '--json', 'official', "'.pkl' pickle"]),
 ])
 def test_help(cmd, words, capsys):
     with pytest.raises(SystemExit) as e: main([cmd, '--help'])
@@ -216,6 +218,8 @@ def bad_files(tmp_path_factory):
     (d/'not_an_image.png').write_text('hello')
     import torch
     torch.save({'weights': torch.zeros(3)}, d/'dict.pkl')  # a real pickle, but not a learner
+    torch.save({'weights': torch.zeros(3)}, d/'dict.safetensors')  # a pickle under the safe name: never unpickled
+    (d/'model.pt').write_bytes(b'any content')
     return d
 
 
@@ -235,26 +239,33 @@ BAD = [  # (arguments, the message on stderr); {d}: a folder of bad files, {mode
     (['train', '--path', '{d}/nowhere'], r"`path` .*nowhere does not exist"),
     (['train', '--path', '{d}'], r"holds no MNIST data. Expected fastai's mnist_png layout"),
     (['train', '--sample', '--out', '{d}'], r"--out .* is a folder"),
+    (['train', '--sample', '--out', 'model.pt'], r"--out model.pt ends in '.pt': a model file ends in '.safetensors'.*"
+                                                 r"or '.pkl'"),
     (['predict', '{d}/missing.pkl', 'x.png'], r"Model file .*missing.pkl does not exist"),
     (['predict', '{d}', 'x.png'], r"is not a file"),
     (['predict', '{d}/garbage.pkl', 'x.png'], r"Could not load the model .*garbage.pkl"),
     (['predict', '{d}/dict.pkl', 'x.png'], r"Could not load the model .*dict.pkl"),
+    (['predict', '{d}/dict.safetensors', 'x.png'], r"Cannot load .*dict.safetensors as a safetensors model file: it "
+                                                   r"holds a zip archive"),
+    (['predict', '{d}/model.pt', 'x.png'], r"Model file .*model.pt ends in '.pt': a model file ends in '.safetensors'"),
     (['predict', '{model}'], r"required: IMAGE"),
     (['predict', '{model}', '{d}/missing.png'], r"Image file .*missing.png does not exist"),
     (['predict', '{model}', '{d}/not_an_image.png'], r"Could not read the image .*not_an_image.png"),
     (['evaluate', '{d}/missing.pkl', '--sample'], r"Model file .*missing.pkl does not exist"),
     (['evaluate', '{d}/garbage.pkl', '--sample'], r"Could not load the model"),
+    (['evaluate', '{d}/dict.safetensors', '--sample'], r"Cannot load .*dict.safetensors as a safetensors model file"),
     (['evaluate', '{model}', '--path', '{d}/nowhere'], r"`path` .*nowhere does not exist"),
 ]
 
 
 @pytest.mark.parametrize('args, message', BAD, ids=[' '.join(a) or 'nothing' for a, _ in BAD])
+@pytest.mark.filterwarnings("ignore:load_learner` uses Python's insecure pickle")  # shown to users: test_model_files
 def test_bad_usage_exits_2_with_a_clear_message(args, message, trained, bad_files, capsys, monkeypatch):
     from fastprogress import fastprogress
     monkeypatch.setattr(fastprogress, 'NO_BAR', fastprogress.NO_BAR)  # restored after `main` quiets the bars
     monkeypatch.setattr(fastprogress.ConsoleProgressBar, 'fill', fastprogress.ConsoleProgressBar.fill)
     d, _ = trained
-    args = [a.format(d=bad_files, model=d/'models'/'model.pkl') for a in args]
+    args = [a.format(d=bad_files, model=d/'models'/'model.safetensors') for a in args]
     try: code = main(args)
     except SystemExit as e: code = e.code  # argparse's usage errors
     err = capsys.readouterr().err

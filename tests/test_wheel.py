@@ -102,8 +102,8 @@ def test_import_from_outside_the_repo_uses_the_wheel(venv, tmp_path):
 def test_console_script_trains_on_the_bundled_sample(venv, tmp_path):
     script = venv/'bin'/'fastai-binary-digits'
     assert script.read_text().startswith(f'#!{venv/"bin"/"python"}')
-    res = run([script, 'train', '--sample', '--epochs', 1, '--out', 'model.pkl'], cwd=tmp_path, env=_env())
+    res = run([script, 'train', '--sample', '--epochs', 1], cwd=tmp_path, env=_env())  # writes model.safetensors
     assert 'Training linear on 3 vs 7 from the bundled sample' in res.stdout
     assert any(l.split()[:4] == ['epoch', 'train_loss', 'valid_loss', 'batch_accuracy'] for l in res.stdout.split('\n'))
-    assert (tmp_path/'model.pkl').stat().st_size > 1000
+    assert (tmp_path/'model.safetensors').stat().st_size > 1000
     assert 'Traceback' not in res.stderr

@@ -1,7 +1,6 @@
 "Chapter 4 of the fastai book as a tool: classify any pair of MNIST digits with fastai, from scratch to `Learner`"
 __version__ = '0.1.0'
 
-import warnings
 _API_MODULES = ('data', 'losses', 'models', 'learner', 'plots', 'model_files')  # what `from fastai_binary_digits import *` gives
 
 
@@ -9,11 +8,7 @@ def _load_api():
     """Import the API, and with it fastai (its progress bars, schedules, ...), into this module: on first use of any of
     its names or of `__all__` (PEP 562), so that `import fastai_binary_digits.cli` and `--help` need no fastai"""
     from importlib import import_module
-    # fastai's own layers.py calls the deprecated `torch.jit.script` when it is first imported; that warning is not the
-    # user's to act on. Hidden while the package imports fastai, and nowhere else: the filters are left as they were
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
-        mods = [import_module(f'.{m}', __name__) for m in _API_MODULES]
+    mods = [import_module(f'.{m}', __name__) for m in _API_MODULES]
     g = globals()
     for m in mods: g.update({n: getattr(m, n) for n in m.__all__})
     g['__all__'] = [n for m in mods for n in m.__all__]

@@ -5,6 +5,12 @@ import warnings
 from functools import cache
 
 import fastai, torch
+with warnings.catch_warnings():
+    # fastai's layers.py calls the deprecated `torch.jit.script` when first imported: not the user's to act on. Every
+    # module of the package that imports fastai imports this one first, so that warning is hidden there and nowhere
+    # else (the filters are left as they were; `tests/test_side_effects.py` checks both)
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+    import fastai.layers
 from packaging.version import InvalidVersion, Version
 
 __all__ = ['CHECKED', 'fast_paths_checked', 'unchecked']

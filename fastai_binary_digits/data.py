@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from .compat import fast_paths_checked
 from fastcore.meta import delegates
 from fastai.torch_core import TensorBase, default_device, defaults, to_device
 from fastai.data.core import DataLoaders, Pipeline, TfmdDL
@@ -12,7 +13,6 @@ from fastai.data.load import DataLoader
 from fastai.data.transforms import CategoryMap
 from fastai.imports import dispatch
 
-from .compat import fast_paths_checked
 from .mnist import find_source, load_source
 from .plots import _grid_axes
 

@@ -7,6 +7,7 @@ event methods, its delegation target, and the learner's and the model's attribut
 reads the machinery around them (`__call__`, `__getattribute__`, `__getattr__`, `GetAttr`'s filter, `_default`,
 `_xtra`, `run` flags): a class whose machinery is edited in the middle of a fit is not re-read."""
 from __future__ import annotations
+from . import compat  # first: it imports fastai with fastai's import-time warning hidden
 from fastai.callback.core import Callback, event
 from fastcore.basics import GetAttr
 from torch import nn

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from importlib.util import find_spec
 
 import torch
+from . import compat  # first: it imports fastai with fastai's import-time warning hidden
 from fastai.learner import Learner
 from fastai.torch_core import num_distrib
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from .compat import fast_paths_checked
 from fastcore.meta import delegates
 import fastai.callback.progress  # adds fastai's progress bars and table to every Learner's default callbacks
 import fastai.callback.schedule  # adds `fit_one_cycle` and `lr_find` to `Learner`
@@ -14,7 +15,6 @@ from fastai.optimizer import SGD, Optimizer
 from fastai.torch_core import defaults, num_distrib, rank_distrib, set_seed
 from fastcore.foundation import L
 
-from .compat import fast_paths_checked
 from .data import BinaryDigitsDL, DigitTensors, _on, check_device
 from .dispatch import call_event
 from .files import atomic_path

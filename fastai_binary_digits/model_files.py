@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from . import compat  # first: it imports fastai with fastai's import-time warning hidden
 from fastai.data.transforms import CategoryMap
 from fastai.learner import Learner, load_learner
 from fastai.optimizer import SGD

@@ -1,9 +1,9 @@
 "fastai's `SGD` with the same hypers, state and results, stepping each parameter group in a few batched updates"
 from __future__ import annotations
 import torch
+from .compat import fast_paths_checked
 from fastai.optimizer import Optimizer, average_grad, l2_reg, momentum_step, sgd_step, weight_decay
 
-from .compat import fast_paths_checked
 
 __all__ = ['SGDOptimizer']
 

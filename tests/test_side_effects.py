@@ -101,3 +101,32 @@ def test_only_a_group_started_through_the_package_is_torn_down(tmp_path):
         "dist.destroy_process_group()\n"
         "print('ok')\n", tmp_path)
     assert p.stdout.strip() == 'ok'
+
+
+def _first_fastai_import_comes_after_compat(fn:Path) -> bool:
+    "Whether module `fn` imports `.compat` before its first top-level `fastai` import (or imports no fastai at the top)"
+    import ast
+    for node in ast.parse(fn.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and (node.module == 'compat' or
+                                                                     any(a.name == 'compat' for a in node.names)):
+            return True
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ''] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        if any(n == 'fastai' or n.startswith('fastai.') for n in names): return False
+    return True
+
+
+def test_every_module_imports_fastai_through_compat():
+    "Whichever module of the package a user imports first, fastai's import-time warning is hidden (by `compat`)"
+    pkg = ROOT/'fastai_binary_digits'
+    late = [fn.name for fn in sorted(pkg.glob('*.py')) if fn.name != 'compat.py'
+            and not _first_fastai_import_comes_after_compat(fn)]
+    assert late == [], f"these modules import fastai before `.compat`: {late}"
+
+
+def test_a_submodule_imported_first_shows_no_fastai_warning():
+    "`from fastai_binary_digits.scratch import *`, as the README shows, before anything else: no warning from fastai"
+    p = _python("import warnings; warnings.simplefilter('default')\n"
+                "from fastai_binary_digits.scratch import *\n"
+                "from fastai_binary_digits.learner import binary_learner\n")
+    assert JIT not in p.stderr

@@ -263,6 +263,7 @@ def _quiet_bars_unless_terminal():
 
 def _train(args) -> int:
     out, report = _out_file(args.out, '--out'), _out_folder(args.report, '--report')  # before any data or training
+    from . import compat  # before fastai: it hides fastai's one import-time warning
     from fastai.torch_core import rank_distrib
     from .learner import binary_learner
     from .data import check_pair
@@ -304,6 +305,7 @@ def _predict(args) -> int:
 def _evaluate(args) -> int:
     report = _out_folder(args.report, '--report')  # before any model or data is loaded
     import numpy as np
+    from . import compat  # before fastai: it hides fastai's one import-time warning
     from fastai.interpret import ClassificationInterpretation
     _quiet_bars_unless_terminal()
     learn = _load_model(args.model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import warnings
 from functools import cache
 
-import fastai, torch
+import fastai, fastai.imports, torch  # `fastai.imports` sets fastai's own warning filters, as for any fastai user
 with warnings.catch_warnings():
     # fastai's layers.py calls the deprecated `torch.jit.script` when first imported: not the user's to act on. Every
     # module of the package that imports fastai imports this one first, so that warning is hidden there and nowhere

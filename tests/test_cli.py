@@ -377,7 +377,7 @@ def test_bad_paths_exit_2_before_any_work(kind, args, message, out, trained, bad
     for name in ('_load_dls', '_testing_dl', '_load_model'):
         if hasattr(cli_mod, name): monkeypatch.setattr(cli_mod, name, spy(name, getattr(cli_mod, name)))
     d, _ = trained
-    args = [a.format(d=bad_paths, model=d/'models'/'model.pkl') for a in args]
+    args = [a.format(d=bad_paths, model=d/'models'/'model.safetensors') for a in args]
     if args[0] == 'train': args += ['--epochs', '1000']
     try: code = main(args)
     except SystemExit as e: code = e.code
@@ -439,7 +439,7 @@ def test_evaluate_reads_only_the_testing_images(evaluated, sample_png, tmp_path,
         return real(folder, names)
     real = mnist._decode_folder
     monkeypatch.setattr(mnist, '_decode_folder', decode)
-    assert main(['evaluate', str(d/'models'/'model.pkl'), '--path', str(root), '--json']) == 0
+    assert main(['evaluate', str(d/'models'/'model.safetensors'), '--path', str(root), '--json']) == 0
     r = json.loads(capsys.readouterr().out)
     ev = _evaluation(res.stdout)
     assert decoded == ['testing', 'testing'] and r['images'] == 400

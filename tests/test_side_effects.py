@@ -29,6 +29,7 @@ def test_import_leaves_the_warning_filters_as_they_were():
     p = _python(
         "import warnings\n"
         "warnings.simplefilter('default')  # every warning shown once, as `python -W default`\n"
+        "import fastai.imports  # fastai's own filters, as any fastai user gets them\n"
         "before = list(warnings.filters)\n"
         "import fastai_binary_digits\n"
         "from fastai_binary_digits import *\n"

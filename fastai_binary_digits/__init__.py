@@ -10,6 +10,7 @@ from .losses import *
 from .models import *
 from .learner import *
 from .plots import *
-from . import data, losses, models, learner, plots
+from .prepare import *
+from . import data, losses, models, learner, plots, prepare
 
-__all__ = data.__all__ + losses.__all__ + models.__all__ + learner.__all__ + plots.__all__
+__all__ = data.__all__ + losses.__all__ + models.__all__ + learner.__all__ + plots.__all__ + prepare.__all__

@@ -14,7 +14,7 @@ _BLOCKS = 16       # the paper's colour is estimated in blocks, this many along 
 _MIN_CONTRAST = 24 # ... and ink must differ from it by at least this many grey levels (of 255) ...
 _MIN_SNR = 5.0     # ... and by this many times the picture's noise
 _MAX_PIECES = 8    # ink in more pieces than this (specks of noise, texture) is not a digit
-_MAX_INK = 0.5     # nor ink covering more than this share of the picture
+_MAX_INK = 0.7     # nor ink covering more than this share of the picture
 
 
 class NoDigitError(ValueError):
@@ -82,12 +82,10 @@ def is_prepared(a:np.ndarray) -> bool:
     return abs(cy-14) <= 1 and abs(cx-14) <= 1
 
 
-def _paper_blocks(a:np.ndarray, k:int) -> np.ndarray:
+def _paper_blocks(a:np.ndarray, k:int, paper:np.ndarray) -> np.ndarray:
     """The paper's colour in each `k`x`k` block of `a` (H, W, C): the mean of the block's third of pixels closest in
-    colour to the picture's border (the paper there), so that ink covering up to two thirds of a block is left out"""
+    colour to `paper` (C,), so that ink covering up to two thirds of a block is left out"""
     h, w, c = a.shape
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    paper = np.median(border, axis=0)
     gh, gw = h//k, w//k
     b = a[:gh*k, :gw*k].reshape(gh, k, gw, k, c).transpose(0, 2, 1, 3, 4).reshape(gh, gw, k*k, c)
     dist = np.abs(b - paper).sum(-1)
@@ -101,13 +99,14 @@ def _background(a:np.ndarray) -> np.ndarray:
     picture, leaving out blocks far from the fit (ink) in a few rounds; follows shading and uneven light"""
     h, w, c = a.shape
     k = max(2, min(h, w)//_BLOCKS)
-    med = _paper_blocks(a, k)
+    paper = np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]), axis=0)  # the paper at the picture's edges
+    med = _paper_blocks(a, k, paper)
     gh, gw = med.shape[:2]
     yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
     yy, xx = (yy+0.5)*k/h - 0.5, (xx+0.5)*k/w - 0.5  # block centres in -0.5..0.5
     A = np.stack([np.ones_like(yy), yy, xx, yy*yy, xx*xx, yy*xx], -1).reshape(-1, 6)
     z = med.reshape(-1, c)
-    dist = np.sqrt(((z - np.median(z, 0))**2).sum(1))  # first guess: the blocks on the paper's side of Otsu's split
+    dist = np.sqrt(((z - paper)**2).sum(1))  # first guess: the blocks on the paper's side of Otsu's split
     keep = dist <= _otsu(dist, dist.max()) if dist.max() > 0 else np.ones(len(z), bool)
     if keep.sum() < 6: keep[:] = True
     for _ in range(5):
@@ -156,10 +155,10 @@ def ink_map(image) -> np.ndarray|None:
         d = np.sqrt((((a - _background(a))**2).sum(-1))/c)  # distance from the paper's colour, in grey levels
     top = float(d.max())
     if top < _MIN_CONTRAST: return None  # blank, one colour
-    noise = max(float(np.median(d))/0.67, 1.0)
     t = _otsu(d, top)
     ink = d > t
     if not ink.any() or ink.mean() > _MAX_INK: return None
+    noise = max(float(np.median(d[~ink]))/0.67, 1.0)  # the paper's own spread (noise, grain)
     level = float(np.median(d[ink]))
     if level < _MIN_CONTRAST or level < _MIN_SNR*noise: return None  # too faint, or noise
     labels, n = ndimage.label(ink, np.ones((3, 3)))
@@ -197,10 +196,11 @@ def prepare_digit(image) -> np.ndarray|None:
     """`image` (a file path, PIL image, numpy array or torch tensor; any size, colour and polarity; a transparent
     canvas) as MNIST's own images are: a 28x28 uint8 array, a light digit on black, fitted in a 20x20 box, its centre
     of mass at the centre. None when it holds no digit: blank, one colour, or pure noise."""
-    if not (isinstance(image, (str, Path)) or hasattr(image, 'mode')):  # an array or tensor: already prepared?
-        a = np.asarray(image.detach().cpu() if hasattr(image, 'detach') else image)
-        if a.shape == (28, 28) and a.dtype == np.uint8 and is_prepared(a): return a.copy()
-    ink = ink_map(image)
+    im = load_image(image)
+    if im.size == (28, 28) and im.mode == 'L':  # one of MNIST's own images passes as it is
+        a = np.array(im)
+        if is_prepared(a): return a
+    ink = ink_map(im)
     if ink is None: return None
     return np.rint(_centre(_fit_20(ink))*255).astype(np.uint8)
 

@@ -9,12 +9,14 @@ from scipy import ndimage
 
 __all__ = ['prepare_digit', 'show_prepared', 'NoDigitError']
 
-_WORK = 256        # pictures are reduced (box-averaged) to between this and twice this on their longer side, for speed
+_WORK = 256        # pictures are reduced (box-averaged) to about this many pixels on their longer side, for speed
 _BLOCKS = 16       # the paper's colour is estimated in blocks, this many along the shorter side ...
 _MIN_CONTRAST = 24 # ... and ink must differ from it by at least this many grey levels (of 255) ...
 _MIN_SNR = 5.0     # ... and by this many times the picture's noise
 _MAX_PIECES = 8    # ink in more pieces than this (specks of noise, texture) is not a digit
 _MAX_INK = 0.7     # nor ink covering more than this share of the picture
+MNIST_STROKE = (1.5, 2.1, 3.5)  # MNIST's strokes in its 28x28 images: 10th percentile, median, 95th percentile (pixels);
+                           # thinner strokes (a pen on a large page) are thickened, thicker ones (a marker) thinned
 
 
 class NoDigitError(ValueError):
@@ -34,7 +36,7 @@ def load_image(o):
                 if im.format == 'JPEG' and max(im.size) > 4*_WORK: im.draft(im.mode, (im.size[0]//4, im.size[1]//4))
                 im.load()
                 o = ImageOps.exif_transpose(im)
-        except (OSError, SyntaxError, ValueError) as e:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise ValueError(f"Could not read the image {fn}: {e}") from e
     if hasattr(o, 'detach') and hasattr(o, 'cpu'): o = o.detach().cpu().numpy()  # a torch tensor
     if isinstance(o, np.ndarray): o = _array_image(o)
@@ -75,7 +77,7 @@ def _array_image(o:np.ndarray):
 def is_prepared(a:np.ndarray) -> bool:
     """Whether `a` already looks like one of MNIST's own images: 28x28, zero background, the digit's box 20 pixels at
     its longer side and its centre of mass within a pixel of the centre (preparing it again would only blur it)"""
-    if a.shape != (28, 28) or (a == 0).mean() < 0.5: return False
+    if a.shape != (28, 28) or (a == 0).mean() < 0.5 or not a.any(): return False
     rows, cols = np.flatnonzero(a.any(1)), np.flatnonzero(a.any(0))
     if max(rows[-1]-rows[0], cols[-1]-cols[0]) + 1 != 20: return False
     cy, cx = ndimage.center_of_mass(a.astype(np.float32))
@@ -116,43 +118,43 @@ def _background(a:np.ndarray) -> np.ndarray:
         new = res <= 3*scale
         if new.sum() < 6 or (new == keep).all(): break
         keep = new
-    Y, X = np.mgrid[0:h, 0:w].astype(np.float32)
-    Y, X = (Y+0.5)/h - 0.5, (X+0.5)/w - 0.5
-    return np.clip(coef[0] + coef[1]*Y[..., None] + coef[2]*X[..., None] + coef[3]*(Y*Y)[..., None] + coef[4]*(X*X)[..., None]
-            + coef[5]*(Y*X)[..., None], 0, 255)
+    coef = coef.astype(np.float32)
+    Y = ((np.arange(h, dtype=np.float32)+0.5)/h - 0.5)[:, None, None]
+    X = ((np.arange(w, dtype=np.float32)+0.5)/w - 0.5)[None, :, None]
+    return np.clip((coef[0] + coef[1]*Y + coef[3]*Y*Y) + (coef[2]*X + coef[4]*X*X) + coef[5]*Y*X, 0, 255)
 
 
 def _otsu(d:np.ndarray, top:float) -> float:
     "Otsu's threshold of the values `d` (0..`top`)"
-    hist, edges = np.histogram(d, bins=128, range=(0, top))
+    hist = np.bincount(np.minimum((d*(128/top)).astype(np.int32).ravel(), 127), minlength=128)
+    edges = np.arange(1, 129)*(top/128)
     p = hist/hist.sum()
     w0 = np.cumsum(p)
-    m = np.cumsum(p*edges[1:])
+    m = np.cumsum(p*edges)
     var = (m[-1]*w0 - m)**2/np.maximum(w0*(1-w0), 1e-12)
-    return float(edges[1:][np.argmax(var[:-1])])
+    return float(edges[np.argmax(var[:-1])])
 
 
 def ink_map(image) -> np.ndarray|None:
     """How much ink each pixel of `image` holds, 0..1 (float32, at most about 512 pixels a side), or None when there is
     no digit. Ink is what differs from the paper: the paper's colour is estimated from the picture itself (so dark on
     light and light on dark, coloured ink and paper, shading all work); a transparent background means ink = alpha."""
+    from PIL import ImageFilter
     im = load_image(image)
-    f = max(im.size)//_WORK
+    f = round(max(im.size)/_WORK)
     if f > 1: im = im.reduce(f)  # box average: fast, anti-aliased
-    a = np.asarray(im, dtype=np.float32)
-    if a.ndim == 2: a = a[..., None]
-    alpha = None
     if im.mode in ('LA', 'RGBA'):
-        alpha, a = a[..., -1], a[..., :-1]
+        alpha = np.asarray(im.getchannel('A'))
         border = np.concatenate([alpha[0], alpha[-1], alpha[:, 0], alpha[:, -1]])
-        if np.median(border) >= 128: alpha = None  # an opaque picture (its alpha says nothing about ink)
-    if alpha is not None:  # a canvas: ink is where the alpha is
-        d, c = ndimage.gaussian_filter(alpha, 0.6), 1
-    else:
-        c = a.shape[-1]
-        if c == 3 and np.abs(a - a.mean(-1, keepdims=True)).max() < 1: a, c = a[..., :1], 1  # grey stored as RGB
-        a = ndimage.gaussian_filter(a, (0.8, 0.8, 0))  # noise and JPEG artefacts
-        d = np.sqrt((((a - _background(a))**2).sum(-1))/c)  # distance from the paper's colour, in grey levels
+        if np.median(border) < 128:  # a canvas: ink is where the alpha is
+            im = im.getchannel('A')
+        else: im = im.convert(im.mode[:-1])  # an opaque picture: its alpha says nothing about the ink
+    a = np.asarray(im.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)  # less noise and JPEG artefacts
+    if a.ndim == 2: a = a[..., None]
+    elif (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]  # grey stored as RGB
+    c = a.shape[-1]
+    d = a - _background(a)
+    d = np.abs(d[..., 0]) if c == 1 else np.sqrt((d*d).sum(-1)*(1/c))  # distance from the paper's colour, grey levels
     top = float(d.max())
     if top < _MIN_CONTRAST: return None  # blank, one colour
     t = _otsu(d, top)
@@ -165,16 +167,48 @@ def ink_map(image) -> np.ndarray|None:
     areas = np.bincount(labels.ravel(), minlength=n+1)[1:]
     pieces = np.flatnonzero(areas >= 0.1*areas.max()) + 1
     if len(pieces) > _MAX_PIECES: return None  # specks scattered all over: noise or texture
-    keep = ndimage.binary_dilation(np.isin(labels, pieces), np.ones((3, 3)), iterations=2)
+    keep = ndimage.maximum_filter(np.isin(labels, pieces).view(np.uint8), 5).view(bool)  # and their soft edges
     lo = max(0.5*t, min(3*noise, t))
     return np.where(keep, np.clip((d - lo)/max(level - lo, 1e-6), 0, 1), 0).astype(np.float32)
+
+
+def _crop(ink:np.ndarray) -> np.ndarray:
+    "The bounding box of the ink"
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    return ink[rows[0]:rows[-1]+1, cols[0]:cols[-1]+1]
+
+
+def stroke_width(ink:np.ndarray) -> float:
+    "The ink's typical stroke width in pixels: twice the mean distance to the edge along the strokes' middles, less one"
+    m = ink >= 0.5
+    if not m.any(): return 0.0
+    e = ndimage.distance_transform_edt(np.pad(m, 1))
+    ridge = (e >= ndimage.maximum_filter(e, 3)) & (e > 0)
+    return float(2*e[ridge].mean() - 1)
+
+
+def _restroke(crop:np.ndarray) -> np.ndarray:
+    "`crop` with its strokes thickened or thinned into MNIST's range once scaled to 20 pixels (see `MNIST_STROKE`)"
+    s, w = 20/max(crop.shape), stroke_width(crop)
+    lo, mid, hi = MNIST_STROKE
+    if w*s < lo:  # every pixel within `r` of the ink becomes ink, with a soft edge
+        r = (mid/s - w)/2
+        p = int(np.ceil(r)) + 1
+        crop = np.pad(crop, p)
+        dist = ndimage.distance_transform_edt(crop < 0.5)
+        return _crop(np.maximum(crop, np.clip(r + 0.5 - dist, 0, 1)).astype(np.float32))
+    if w*s > hi:  # only pixels further than `r` inside the ink stay ink
+        r = (w - mid/s)/2
+        dist = ndimage.distance_transform_edt(np.pad(crop >= 0.5, 1))[1:-1, 1:-1]
+        thin = np.minimum(crop, np.clip(dist - r + 0.5, 0, 1)).astype(np.float32)
+        if thin.max() > 0: return _crop(thin)
+    return crop
 
 
 def _fit_20(ink:np.ndarray) -> np.ndarray:
     "The ink's bounding box scaled to fit a 20x20 box keeping its aspect ratio, anti-aliased (float32 0..1)"
     from PIL import Image
-    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
-    crop = ink[rows[0]:rows[-1]+1, cols[0]:cols[-1]+1]
+    crop = _restroke(_crop(ink))
     h, w = crop.shape
     s = 20/max(h, w)
     size = (max(1, round(w*s)), max(1, round(h*s)))

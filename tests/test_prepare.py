@@ -253,7 +253,7 @@ def test_exported_learner_in_a_new_process_gives_the_same_answers(sample48, tmp_
             "except NoDigitError: raised = True\n"
             "print(json.dumps(dict(p=p, found=dl.found.tolist(), digit=str(learn.predict(files[0])[0]), raised=raised)))\n")
     out = json.loads(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
-                                    cwd=tmp_path).stdout)
+                                    cwd=tmp_path).stdout.splitlines()[-1])  # after the progress bars of `predict`
     assert out['found'] == dl.found.tolist() == [True]*(len(files)-1) + [False]
     assert np.allclose(out['p'], here, atol=1e-5)
     assert out['raised'] and out['digit'] == str(learn.predict(files[0])[0])

@@ -33,7 +33,8 @@ def load_image(o):
         if fn.is_dir(): raise IsADirectoryError(f"{fn} is a folder, not an image file")
         try:
             with Image.open(fn) as im:
-                if im.format == 'JPEG' and max(im.size) > 4*_WORK: im.draft(im.mode, (im.size[0]//4, im.size[1]//4))
+                if im.format == 'JPEG' and max(im.size) >= 2*_WORK:  # decode at 1/2, 1/4 or 1/8 of the size: fast
+                    im.draft(im.mode, tuple(n*_WORK//max(im.size) for n in im.size))
                 im.load()
                 o = ImageOps.exif_transpose(im)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -15,8 +15,9 @@ _MIN_CONTRAST = 24 # ... and ink must differ from it by at least this many grey 
 _MIN_SNR = 5.0     # ... and by this many times the picture's noise
 _MAX_PIECES = 8    # ink in more pieces than this (specks of noise, texture) is not a digit
 _MAX_INK = 0.7     # nor ink covering more than this share of the picture
-MNIST_STROKE = (1.5, 2.1, 3.5)  # MNIST's strokes in its 28x28 images: 10th percentile, median, 95th percentile (pixels);
-                           # thinner strokes (a pen on a large page) are thickened, thicker ones (a marker) thinned
+# MNIST's stroke widths in its 28x28 images, pixels: 10th percentile, median, 95th percentile. Thinner strokes (a pen
+# on a large page) are thickened to the median, thicker ones (a marker) thinned to it
+MNIST_STROKE = (1.5, 2.1, 3.5)
 
 
 class NoDigitError(ValueError):
@@ -137,12 +138,13 @@ def _otsu(d:np.ndarray, top:float) -> float:
 
 
 def ink_map(image) -> np.ndarray|None:
-    """How much ink each pixel of `image` holds, 0..1 (float32, at most about 512 pixels a side), or None when there is
-    no digit. Ink is what differs from the paper: the paper's colour is estimated from the picture itself (so dark on
+    """How much ink each pixel of `image` holds, 0..1 (float32, reduced to about `_WORK` pixels a side), or None when
+    there is no digit. Ink is what differs from the paper: the paper's colour is estimated from the picture itself (so dark on
     light and light on dark, coloured ink and paper, shading all work); a transparent background means ink = alpha."""
     from PIL import ImageFilter
     im = load_image(image)
-    f = round(max(im.size)/_WORK)
+    if min(im.size) < 4: return None  # too small to hold a digit
+    f = min(round(max(im.size)/_WORK), min(im.size)//4)
     if f > 1: im = im.reduce(f)  # box average: fast, anti-aliased
     if im.mode in ('LA', 'RGBA'):
         alpha = np.asarray(im.getchannel('A'))

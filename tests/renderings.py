@@ -73,7 +73,8 @@ def thick(img, rng) -> Image.Image:
     ink = _upscale(img, height)
     r = max(1, round(height*rng.uniform(0.03, 0.06)))
     dist = ndimage.distance_transform_edt(np.pad(ink, r) < 0.5)  # every pixel within `r` of the ink becomes ink
-    ink = _place(np.maximum(np.pad(ink, r), np.clip(r + 1 - dist, 0, 1)), rng, canvas)
+    ink = np.maximum(np.pad(ink, r), np.clip(r + 1 - dist, 0, 1))
+    ink = _place(ink, rng, (max(canvas[0], ink.shape[0]), max(canvas[1], ink.shape[1])))
     return Image.fromarray(_u8(255 - ink*220))
 
 

@@ -94,13 +94,20 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('predict', formatter_class=fmt, help='classify image files with an exported model',
                        description=_text("Classify image files with a model exported by `train`: one line per image "
-                                         "with the digit and its probability. Images of any size or colour are made "
-                                         "28x28 greyscale, as fastai's `test_dl` does; like MNIST's, they should show "
-                                         "a light digit on a dark background."))
+                                         "with the digit and its probability. Drawings, photos of paper and canvases "
+                                         "of any size, colour and polarity are first made to look like MNIST's "
+                                         "digits (`prepare_digit`: the ink cropped, fitted in 20x20 and centred in "
+                                         "28x28); an image holding no digit gives 'no digit found'. Exit status 1 "
+                                         "when any image could not be read or held no digit."))
     p.add_argument('model', metavar='MODEL', help=_MODEL_HELP)
     p.add_argument('images', metavar='IMAGE', nargs='+', help='image files (PNG, JPEG, ...)')
-    p.add_argument('--json', action='store_true', help='print one JSON object per line: image, digit, probability, '
-                                                       'probabilities of both digits')
+    p.add_argument('--json', action='store_true', help='print one JSON object per line: image, digit (null when no '
+                                                       'digit is found), probability, probabilities of both digits; '
+                                                       'or image and error')
+    p.add_argument('--save-prepared', metavar='DIR', help='write the 28x28 image the model saw for each image into '
+                                                          'DIR, as DIR/<image name>.png')
+    p.add_argument('--no-prepare', action='store_true', help="take the images as MNIST's already (light digit on "
+                                                             "dark, centred): only resize them to 28x28")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser('evaluate', formatter_class=fmt, help="measure a model on the official testing images",
@@ -289,17 +296,52 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
+    """One line per image: its digit, 'no digit found', or why it could not be read (stderr; the others are still
+    predicted). Exit status 1 when any image got no digit."""
+    out = _out_folder(args.save_prepared, '--save-prepared')  # before the model is loaded
+    from .files import atomic_path
+    from .prepare import load_image
+    from PIL import Image
     learn = _load_model(args.model)
-    dl = learn.dls.test_dl(args.images)  # names any missing or unreadable image
-    with learn.no_bar(): probs, _ = learn.get_preds(dl=dl)  # the loss's activation: the probability of vocab[1]
+    images, errors = [], {}
+    for fn in args.images:
+        try: images.append(load_image(fn))
+        except _USER_ERRORS as e: errors[fn] = str(e)
+    readable = [fn for fn in args.images if fn not in errors]
+    found, probs, seen = [], [], []
+    if readable:
+        dl = learn.dls.test_dl(images, prepare=False if args.no_prepare else None)
+        with learn.no_bar(): probs, _ = learn.get_preds(dl=dl)  # the loss's activation: the probability of vocab[1]
+        found, probs = dl.found.tolist(), probs.view(-1).tolist()
+        seen = (dl.dataset.x.cpu()*255).round().byte().view(-1, 28, 28).numpy()
+    res = dict(zip(readable, zip(found, probs, seen)))
     a, b = learn.dls.vocab
-    for fn, p in zip(args.images, probs.view(-1).tolist()):
+    names = set()
+    failed = False
+    for fn in args.images:
+        if fn in errors:
+            failed = True
+            if args.json: print(json.dumps(dict(image=fn, error=errors[fn])), flush=True)
+            else: print(f"{fn}: error: {errors[fn]}", file=sys.stderr, flush=True)
+            continue
+        ok, p, x = res[fn]
+        if out is not None and ok:
+            name = Path(fn).stem
+            while name in names: name += '_'  # two images of the same name (in two folders)
+            names.add(name)
+            out.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out/f'{name}.png') as tmp: Image.fromarray(x).save(tmp, format='PNG')
+        if not ok:
+            failed = True
+            if args.json: print(json.dumps(dict(image=fn, digit=None, probability=None, probabilities=None)))
+            else: print(f"{fn}: no digit found")
+            continue
         digit, prob = (b, p) if p > 0.5 else (a, 1-p)
         if args.json:
             print(json.dumps(dict(image=fn, digit=digit, probability=round(prob, 6),
                                   probabilities={str(a): round(1-p, 6), str(b): round(p, 6)})))
         else: print(f"{fn}: {digit} ({prob:.3f})")
-    return 0
+    return 1 if failed else 0
 
 
 def _evaluate(args) -> int:

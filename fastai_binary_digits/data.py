@@ -15,6 +15,7 @@ from fastai.imports import dispatch
 
 from .mnist import find_source, load_source
 from .plots import _grid_axes
+from .prepare import load_image, prepare_digit
 
 __all__ = ['DigitTensors', 'BinaryDigitsDL', 'BinaryDigitsDataLoaders', 'TensorDigits', 'check_pair', 'check_device']
 
@@ -98,28 +99,16 @@ def _cpu_empty(shape, dtype) -> Tensor:
 
 
 def _as_image(o) -> np.ndarray:
-    "Any image (file path, PIL image, array, tensor; any size, RGB or greyscale) as a 28x28 uint8 array"
+    "Any image (file path, PIL image, array, tensor; any size, RGB or greyscale) resized whole to a 28x28 uint8 array"
     from PIL import Image
-    if isinstance(o, (str, Path)):
-        fn = Path(o).expanduser()
-        if not fn.exists(): raise FileNotFoundError(f"Image file {fn} does not exist")
-        try:
-            with Image.open(fn) as im: im.load(); o = im.copy()
-        except (OSError, SyntaxError) as e: raise ValueError(f"Could not read the image {fn}: {e}") from e
-    if isinstance(o, Tensor): o = o.detach().cpu().numpy()
-    if isinstance(o, np.ndarray):
-        a = o.astype(np.float32)
-        if a.ndim == 1 and a.size == 784: a = a.reshape(28, 28)
-        if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4): a = a.transpose(1, 2, 0)  # CHW -> HWC
-        if a.ndim == 3 and a.shape[-1] == 1: a = a[..., 0]
-        if a.ndim not in (2, 3): raise ValueError(f"An image array must be HxW, HxWxC, CxHxW or 784 long, got shape {o.shape}")
-        if a.size and a.max() <= 1.0: a = a*255  # floats in 0..1, as the loaders serve them
-        o = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
-    if not isinstance(o, Image.Image):
-        raise TypeError(f"Cannot make an image of a {type(o).__name__}: give a file path, a PIL image, an array or a tensor")
-    o = o.convert('L')
+    o = load_image(o).convert('L')
     if o.size != (28, 28): o = o.resize((28, 28), Image.BILINEAR)
     return np.asarray(o)
+
+
+def _is_row(o) -> bool:
+    "Whether `o` is a row as the loaders serve it (784 floats): one of `DigitTensors.items`, as fastai's tools pass back"
+    return isinstance(o, (Tensor, np.ndarray)) and o.ndim == 1 and o.shape[0] == 784
 
 
 class BinaryDigitsDL(TfmdDL):
@@ -294,10 +283,12 @@ class BinaryDigitsDataLoaders(DataLoaders):
         bs:int=256,                   # batch size
         device=None,                  # where batches live; None: fastai's `default_device()`
         cache:bool=True,              # cache decoded PNGs beside the data, so later loads skip the decoding
+        prepare:bool=True,            # `test_dl` (so `predict`) makes each image look like MNIST's with `prepare_digit`
         **kwargs,
     ) -> 'BinaryDigitsDataLoaders':
         "Load digits `pair` of MNIST as flattened 0..1 images, split into training and validation, held on `device`"
         pair = check_pair(pair)
+        _check_prepare(prepare)
         if valid not in ('split', 'testing'):
             raise ValueError(f"`valid` must be 'split' (hold out `valid_pct` of training) or 'testing', got {valid!r}")
         if valid == 'split' and not (isinstance(valid_pct, (int, float)) and 0 < valid_pct < 1):
@@ -333,11 +324,25 @@ class BinaryDigitsDataLoaders(DataLoaders):
         trn_dl = BinaryDigitsDL(mk(train), bs=bs, shuffle=True, device=device, **kwargs)
         val_dl = BinaryDigitsDL(mk(valid_ds), bs=bs, shuffle=False, device=device, **kwargs)
         # fastai saves models under `dls.path`: the data's folder, as for `untar_data` users; never inside the package
-        return cls(trn_dl, val_dl, path='.' if sample else source[1], device=device)
+        dls = cls(trn_dl, val_dl, path='.' if sample else source[1], device=device)
+        dls.prepare = prepare
+        return dls
 
-    def test_dl(self, test_items, rm_type_tfms=None, with_labels:bool=False, **kwargs) -> BinaryDigitsDL:
-        "A loader of `test_items` (file paths, PIL images, arrays or tensors; `(image, label)` pairs if `with_labels`)"
+    prepare = True  # (learners exported before this setting existed prepare their images, as new ones do)
+
+    def new_empty(self):
+        "fastai's `new_empty` (what `learn.export()` saves), keeping `prepare`"
+        res = super().new_empty()
+        res.prepare = self.prepare
+        return res
+
+    def test_dl(self, test_items, rm_type_tfms=None, with_labels:bool=False, prepare:bool|None=None,
+                **kwargs) -> BinaryDigitsDL:
+        """A loader of `test_items` (file paths, PIL images, arrays or tensors; `(image, label)` pairs if `with_labels`),
+        each made to look like MNIST's by `prepare_digit` when `prepare` (None: `self.prepare`), else resized whole.
+        The loader's `found` (a bool tensor) says which images held a digit; the others are served as blank images."""
         kwargs.pop('process', None)  # passed by fastai's `Interpretation`; there is nothing to process here
+        prepare = _check_prepare(self.prepare if prepare is None else prepare)
         items = list(test_items)
         if not items: raise ValueError("`test_items` is empty: give at least one image")
         ys = None
@@ -347,10 +352,27 @@ class BinaryDigitsDataLoaders(DataLoaders):
             if not ((ys == 0) | (ys == 1)).all():
                 raise ValueError(f"Labels given with `with_labels=True` must be 0 or 1 (0 for {self.vocab[0]}, "
                                  f"1 for {self.vocab[1]}), got {ys.view(-1).tolist()[:10]}")
+        images = np.zeros((len(items), 28, 28), np.uint8)
+        found = torch.ones(len(items), dtype=torch.bool)
+        for i, o in enumerate(items):
+            # rows as the loaders serve them (fastai's interpretation passes them back) are MNIST's already
+            a = _as_image(o) if not prepare or _is_row(o) else prepare_digit(o)
+            if a is None: found[i] = False
+            else: images[i] = a
         dev = self.valid.dataset.x.device
-        x = _images_to_x(torch.from_numpy(np.stack([_as_image(o) for o in items])), dev)
+        x = _images_to_x(torch.from_numpy(images), dev)
         ds = DigitTensors(x, None if ys is None else ys.to(dev), self.vocab)
-        return self.valid.new(ds, shuffle=False, drop_last=False, **kwargs)
+        dl = self.valid.new(ds, shuffle=False, drop_last=False, **kwargs)
+        dl.found = found
+        return dl
+
+
+def _check_prepare(prepare) -> bool:
+    "`prepare` if it is a bool, or a clear error"
+    if not isinstance(prepare, (bool, np.bool_)):
+        raise TypeError(f"`prepare` must be True (make images look like MNIST's with `prepare_digit`) or False (images "
+                        f"are already 28x28 light-on-dark digits), got {prepare!r}")
+    return bool(prepare)
 
 
 def _pair_tensors(digits:dict, pair) -> tuple:

@@ -18,6 +18,7 @@ from fastcore.foundation import L
 from .data import BinaryDigitsDL, DigitTensors, _on, check_device
 from .dispatch import call_event
 from .files import atomic_path
+from .prepare import NoDigitError
 from .optimizer import SGDOptimizer, sgd_recipe
 from .losses import batch_accuracy, mnist_loss
 from .models import ARCHS
@@ -73,6 +74,18 @@ class BinaryLearner(Learner):
         require_accelerate()
         import fastai.distributed  # adds `Learner.distrib_ctx`
         with noting_process_group(), Learner.distrib_ctx(self, *args, **kwargs) as learn: yield learn
+
+    def predict(self, item, rm_type_tfms=None, with_input:bool=False):
+        """fastai's `predict`: `(digit, label, probability of vocab[1])` for one image, made to look like MNIST's as
+        `dls.test_dl` does; raises `NoDigitError` when it holds no digit (blank, one colour, noise)"""
+        dl = self.dls.test_dl([item], rm_type_tfms=rm_type_tfms, num_workers=0)
+        if not bool(getattr(dl, 'found', (True,))[0]):
+            raise NoDigitError("No digit found in the image: it looks blank, one colour or noise. Give a picture of "
+                               "one digit (see `prepare_digit` and `show_prepared`)")
+        inp, preds, _, dec_preds = self.get_preds(dl=dl, with_input=True, with_decoded=True)
+        dec = self.dls.decode_batch((inp, dec_preds))[0]  # as fastai's, for one input
+        res = dec[1], dec_preds[0], preds[0]
+        return (dec[0],) + res if with_input else res
 
     def export(self, fname:str|Path='export.pkl', **kwargs):
         """fastai's `export` (a pickle), written to a temporary file then renamed, so an existing export is never left

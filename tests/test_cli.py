@@ -127,6 +127,45 @@ def test_predict_json(trained, images):
         assert r['digit'] == int(max(p, key=p.get)) and r['probability'] == max(p.values())
 
 
+def test_predict_says_no_digit_found_and_goes_on_past_unreadable_images(trained, images, tmp_path):
+    "A blank page: 'no digit found'; a broken and a missing file: an error line each; the others still predicted"
+    import numpy as np
+    from fastai_binary_digits import prepare_digit
+    d, _ = trained
+    good = [fn for fn, _ in images][:2]
+    Image.new('RGB', (120, 90), (250, 250, 245)).save(tmp_path/'blank.png')
+    (tmp_path/'broken.png').write_bytes(b'not a picture')
+    fns = [good[0], tmp_path/'blank.png', tmp_path/'broken.png', tmp_path/'missing.png', good[1]]
+    res = cli('predict', d/'models'/'model.pkl', *fns, '--save-prepared', tmp_path/'seen', cwd=d, check=False)
+    assert res.returncode == 1
+    out = lines(res.stdout)
+    assert len(out) == 3 and out[1] == f'{tmp_path/"blank.png"}: no digit found'
+    assert all(re.fullmatch(rf'{re.escape(str(fn))}: [48] \(\d\.\d{{3}}\)', l) for fn, l in zip(good, out[::2])), out
+    assert lines(res.stderr) == [f'{fns[2]}: error: Could not read the image {fns[2]}: cannot identify image file '
+                                 f"'{fns[2]}'", f'{fns[3]}: error: Image file {fns[3]} does not exist']
+    # what the model saw, for each image that held a digit
+    assert sorted(p.name for p in (tmp_path/'seen').iterdir()) == sorted(f'{Path(fn).stem}.png' for fn in good)
+    for fn in good:
+        with Image.open(tmp_path/'seen'/f'{Path(fn).stem}.png') as im:
+            assert im.size == (28, 28) and np.array_equal(np.asarray(im), prepare_digit(fn))
+    rows = [json.loads(l) for l in cli('predict', '--json', d/'models'/'model.pkl', *fns, cwd=d, check=False).stdout
+            .splitlines()]
+    assert [r['image'] for r in rows] == [str(fn) for fn in fns]
+    assert rows[1] == dict(image=str(fns[1]), digit=None, probability=None, probabilities=None)
+    assert 'Could not read the image' in rows[2]['error'] and 'does not exist' in rows[3]['error']
+    assert rows[0]['digit'] in PAIR and rows[4]['digit'] in PAIR
+    # switched off, the blank page is only resized, and gets a digit
+    res = cli('predict', d/'models'/'model.pkl', tmp_path/'blank.png', '--no-prepare', cwd=d)
+    assert re.fullmatch(r'.*blank.png: [48] \(\d\.\d{3}\)', lines(res.stdout)[0])
+
+
+def test_predict_save_prepared_must_be_a_folder(trained, tmp_path, capsys):
+    d, _ = trained
+    (tmp_path/'file').write_text('x')
+    code = main(['predict', str(d/'models'/'model.pkl'), str(tmp_path/'x.png'), '--save-prepared', str(tmp_path/'file')])
+    assert code == 2 and re.search(r'^error: --save-prepared .*file is a file; give a folder', capsys.readouterr().err)
+
+
 def _evaluation(text:str) -> dict:
     "accuracy, loss and confusion matrix read back from `evaluate`'s text"
     out = lines(text)
@@ -249,8 +288,6 @@ BAD = [  # (arguments, the message on stderr); {d}: a folder of bad files, {mode
                                                    r"holds a zip archive"),
     (['predict', '{d}/model.pt', 'x.png'], r"Model file .*model.pt ends in '.pt': a model file ends in '.safetensors'"),
     (['predict', '{model}'], r"required: IMAGE"),
-    (['predict', '{model}', '{d}/missing.png'], r"Image file .*missing.png does not exist"),
-    (['predict', '{model}', '{d}/not_an_image.png'], r"Could not read the image .*not_an_image.png"),
     (['evaluate', '{d}/missing.pkl', '--sample'], r"Model file .*missing.pkl does not exist"),
     (['evaluate', '{d}/garbage.pkl', '--sample'], r"Could not load the model"),
     (['evaluate', '{d}/dict.safetensors', '--sample'], r"Cannot load .*dict.safetensors as a safetensors model file"),

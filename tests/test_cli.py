@@ -136,7 +136,7 @@ def test_predict_says_no_digit_found_and_goes_on_past_unreadable_images(trained,
     Image.new('RGB', (120, 90), (250, 250, 245)).save(tmp_path/'blank.png')
     (tmp_path/'broken.png').write_bytes(b'not a picture')
     fns = [good[0], tmp_path/'blank.png', tmp_path/'broken.png', tmp_path/'missing.png', good[1]]
-    res = cli('predict', d/'models'/'model.pkl', *fns, '--save-prepared', tmp_path/'seen', cwd=d, check=False)
+    res = cli('predict', d/'models'/'model.safetensors', *fns, '--save-prepared', tmp_path/'seen', cwd=d, check=False)
     assert res.returncode == 1
     out = lines(res.stdout)
     assert len(out) == 3 and out[1] == f'{tmp_path/"blank.png"}: no digit found'
@@ -148,21 +148,21 @@ def test_predict_says_no_digit_found_and_goes_on_past_unreadable_images(trained,
     for fn in good:
         with Image.open(tmp_path/'seen'/f'{Path(fn).stem}.png') as im:
             assert im.size == (28, 28) and np.array_equal(np.asarray(im), prepare_digit(fn))
-    rows = [json.loads(l) for l in cli('predict', '--json', d/'models'/'model.pkl', *fns, cwd=d, check=False).stdout
+    rows = [json.loads(l) for l in cli('predict', '--json', d/'models'/'model.safetensors', *fns, cwd=d, check=False).stdout
             .splitlines()]
     assert [r['image'] for r in rows] == [str(fn) for fn in fns]
     assert rows[1] == dict(image=str(fns[1]), digit=None, probability=None, probabilities=None)
     assert 'Could not read the image' in rows[2]['error'] and 'does not exist' in rows[3]['error']
     assert rows[0]['digit'] in PAIR and rows[4]['digit'] in PAIR
     # switched off, the blank page is only resized, and gets a digit
-    res = cli('predict', d/'models'/'model.pkl', tmp_path/'blank.png', '--no-prepare', cwd=d)
+    res = cli('predict', d/'models'/'model.safetensors', tmp_path/'blank.png', '--no-prepare', cwd=d)
     assert re.fullmatch(r'.*blank.png: [48] \(\d\.\d{3}\)', lines(res.stdout)[0])
 
 
 def test_predict_save_prepared_must_be_a_folder(trained, tmp_path, capsys):
     d, _ = trained
     (tmp_path/'file').write_text('x')
-    code = main(['predict', str(d/'models'/'model.pkl'), str(tmp_path/'x.png'), '--save-prepared', str(tmp_path/'file')])
+    code = main(['predict', str(d/'models'/'model.safetensors'), str(tmp_path/'x.png'), '--save-prepared', str(tmp_path/'file')])
     assert code == 2 and re.search(r'^error: --save-prepared .*file is a file; give a folder', capsys.readouterr().err)
 
 
@@ -376,13 +376,22 @@ BAD_PATHS = [  # (kind, arguments, message, `out`: an output path, so nothing at
     ('folder for file', ['evaluate', '{d}/adir', '--sample'], r"Model .*adir is not a file", False),
     ('not writable', ['evaluate', '{model}', '--sample', '--report', f'{READ_ONLY}/fbd-report'],
      rf"--report {READ_ONLY}/fbd-report: cannot create files in {READ_ONLY} ", True),
-    # `predict` writes nothing: its paths are read, so "not writable" has no case there
+    # `predict`'s images are its input, one line each: a bad one is reported on its own line (exit 1, tested below)
     ('missing', ['predict', '{d}/missing.pkl', '{d}/x.png'], r"Model file .*missing.pkl does not exist", False),
-    ('missing', ['predict', '{model}', '{d}/missing.png'], r"Image file .*missing.png does not exist", False),
     ('file for folder', ['predict', '{d}/afile/model.pkl', '{d}/x.png'], r"Model file .*afile/model.pkl does not", False),
-    ('file for folder', ['predict', '{model}', '{d}/afile/x.png'], r"Image file .*afile/x.png does not exist", False),
     ('folder for file', ['predict', '{d}/adir', '{d}/x.png'], r"Model .*adir is not a file", False),
-    ('folder for file', ['predict', '{model}', '{d}/adir'], r"Could not read the image .*adir", False),
+    ('file for folder', ['predict', '{model}', '{d}/x.png', '--save-prepared', '{d}/afile'],
+     r"--save-prepared .*afile is a file; give a folder", True),
+    ('file for folder', ['predict', '{model}', '{d}/x.png', '--save-prepared', '{d}/afile/seen'],
+     r"afile is a file, not a folder", True),
+    ('not writable', ['predict', '{model}', '{d}/x.png', '--save-prepared', f'{READ_ONLY}/fbd-seen'],
+     rf"--save-prepared {READ_ONLY}/fbd-seen: cannot create files in {READ_ONLY} ", True),
+]
+
+BAD_IMAGES = [  # (kind, image, message): `predict` reports each on its own line and goes on with the others
+    ('missing', '{d}/missing.png', r"missing.png: error: Image file .*missing.png does not exist"),
+    ('file for folder', '{d}/afile/x.png', r"afile/x.png: error: Image file .*afile/x.png does not exist"),
+    ('folder for file', '{d}/adir', r"adir: error: .*adir is a folder, not an image file"),
 ]
 
 
@@ -425,6 +434,17 @@ def test_bad_paths_exit_2_before_any_work(kind, args, message, out, trained, bad
     assert 'Training' not in res.out and '_fit' not in calls
     if out: assert calls == [], f'loaded {calls} before checking the output path'
     assert not list(bad_paths.glob('adir/*')) and not (Path(READ_ONLY)/'fbd-report').exists()
+
+
+@pytest.mark.parametrize('kind, image, message', BAD_IMAGES, ids=[k for k, _, _ in BAD_IMAGES])
+def test_bad_image_paths_are_reported_one_line_each(kind, image, message, trained, bad_paths, images):
+    "A bad image path: its own `error:` line on stderr, no traceback, the good image still predicted, exit status 1"
+    d, _ = trained
+    good = images[0][0]
+    res = cli('predict', d/'models'/'model.safetensors', image.format(d=bad_paths), good, cwd=d, check=False)
+    assert res.returncode == 1 and 'Traceback' not in res.stderr, res
+    assert len(lines(res.stderr)) == 1 and re.search(message, res.stderr), res.stderr
+    assert lines(res.stdout) and lines(res.stdout)[0].startswith(f'{good}: '), res.stdout
 
 
 @pytest.mark.parametrize('args', [

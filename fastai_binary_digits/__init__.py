@@ -10,6 +10,7 @@ from .losses import *
 from .models import *
 from .learner import *
 from .plots import *
-from . import data, losses, models, learner, plots
+from .model_files import *
+from . import data, losses, models, learner, plots, model_files
 
-__all__ = data.__all__ + losses.__all__ + models.__all__ + learner.__all__ + plots.__all__
+__all__ = data.__all__ + losses.__all__ + models.__all__ + learner.__all__ + plots.__all__ + model_files.__all__

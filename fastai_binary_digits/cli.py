@@ -1,7 +1,7 @@
 """The command line `fastai-binary-digits` (or `python -m fastai_binary_digits`): `train`, `predict`, `evaluate`.
 Exit codes: 0 on success, 2 on bad usage or bad input, which is reported in one `error:` line, never a traceback."""
 from __future__ import annotations
-import argparse, json, sys, textwrap, warnings
+import argparse, json, sys, textwrap
 from pathlib import Path
 
 __all__ = ['main']
@@ -10,6 +10,8 @@ _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ConnectionError, Permi
                 NotADirectoryError)  # what the library raises for a user's mistake: exit 2 with its message
 _REPORT_FILES = dict(loss='loss.png', confusion='confusion_matrix.png', weights='weights.png', worst='top_losses.png')
 _N_WORST = 9  # digits in the grid of worst predictions
+_MODEL_HELP = ("the learner written by `train --out`: a '.safetensors' file (safe), or fastai's '.pkl' pickle "
+               "(it runs code when loaded: only from people you trust)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -61,16 +63,18 @@ def _parser() -> argparse.ArgumentParser:
         description=_text("Chapter 4 of the fastai book as a tool: train, use and evaluate a classifier of any pair "
                           "of MNIST digits. `fastai-binary-digits COMMAND --help` describes each command."),
         epilog="examples:\n"
-               "  fastai-binary-digits train --sample --pair 4 8 --epochs 5 --out model.pkl --report report/\n"
-               "  fastai-binary-digits predict model.pkl digit.png another.jpg\n"
-               "  fastai-binary-digits evaluate model.pkl --sample")
+               "  fastai-binary-digits train --sample --pair 4 8 --epochs 5 --out model.safetensors --report report/\n"
+               "  fastai-binary-digits predict model.safetensors digit.png another.jpg\n"
+               "  fastai-binary-digits evaluate model.safetensors --sample")
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
     p = sub.add_parser('train', formatter_class=fmt, help='train a model on two digits and export it',
                        description=_text("Train a model to tell two MNIST digits apart, showing fastai's progress "
-                                         "bars and per-epoch table, then export the learner (load it with fastai's "
-                                         "`load_learner`, or give it to `predict` and `evaluate`)."))
+                                         "bars and per-epoch table, then export the learner: to a '.safetensors' "
+                                         "file (the default: weights and settings, safe to share and load; "
+                                         "`load_binary_learner` reads it) or to fastai's '.pkl' pickle "
+                                         "(`load_learner`). `predict` and `evaluate` read both."))
     p.add_argument('--pair', nargs=2, type=int, default=[3, 7], metavar=('A', 'B'),
                    help="the two digits, label 0 for A and 1 for B (default: 3 7, the book's)")
     p.add_argument('--arch', choices=list(ARCHS), default='linear',
@@ -83,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--valid', choices=['split', 'testing'], default='split',
                    help="validate on 20%% of the training images ('split') or on the official test set ('testing')")
     _add_source(p, 'train on')
-    p.add_argument('--out', metavar='FILE', default='model.pkl', help='where to write the exported learner')
+    p.add_argument('--out', metavar='FILE', default='model.safetensors',
+                   help="where to write the learner: a '.safetensors' file (safe to share) or fastai's '.pkl' pickle")
     _add_report(p, f"{', '.join(_REPORT_FILES.values())} (on the validation images)")
     p.set_defaults(func=_train)
 
@@ -91,9 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                        description=_text("Classify image files with a model exported by `train`: one line per image "
                                          "with the digit and its probability. Images of any size or colour are made "
                                          "28x28 greyscale, as fastai's `test_dl` does; like MNIST's, they should show "
-                                         "a light digit on a dark background. MODEL is a pickle: load only files you "
-                                         "trust."))
-    p.add_argument('model', metavar='MODEL', help='the exported learner (the `--out` of `train`)')
+                                         "a light digit on a dark background."))
+    p.add_argument('model', metavar='MODEL', help=_MODEL_HELP)
     p.add_argument('images', metavar='IMAGE', nargs='+', help='image files (PNG, JPEG, ...)')
     p.add_argument('--json', action='store_true', help='print one JSON object per line: image, digit, probability, '
                                                        'probabilities of both digits')
@@ -101,9 +105,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('evaluate', formatter_class=fmt, help="measure a model on the official testing images",
                        description=_text("Accuracy, loss and confusion matrix of a model exported by `train` on the "
-                                         "official MNIST testing images of its two digits. MODEL is a pickle: load "
-                                         "only files you trust."))
-    p.add_argument('model', metavar='MODEL', help='the exported learner (the `--out` of `train`)')
+                                         "official MNIST testing images of its two digits."))
+    p.add_argument('model', metavar='MODEL', help=_MODEL_HELP)
     _add_source(p, 'evaluate on')
     p.add_argument('--json', action='store_true', help='print the results as one JSON object')
     _add_report(p, ', '.join(v for k, v in _REPORT_FILES.items() if k != 'loss'))
@@ -130,24 +133,11 @@ def _load_dls(args, pair, valid:str):
 
 
 def _load_model(fn:str):
-    "The learner exported in `fn`, on the CPU, or a clear error"
-    from fastai.learner import Learner, load_learner
-    path = Path(fn)
-    if not path.exists(): raise FileNotFoundError(f"Model file {fn} does not exist; make one with "
-                                                  f"`fastai-binary-digits train --out {fn}`")
-    if not path.is_file(): raise ValueError(f"Model {fn} is not a file; give the file written by `train --out`")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # fastai's warning that pickles can run code: the help says so once
-            learn = load_learner(path, cpu=True)
-    except Exception as e:
-        raise ValueError(f"Could not load the model {fn} ({type(e).__name__}: {e}); give a learner exported by "
-                         "`fastai-binary-digits train` or `learn.export()`") from e
-    vocab = getattr(getattr(learn, 'dls', None), 'vocab', None) if isinstance(learn, Learner) else None
-    if vocab is None or len(vocab) != 2 or not all(isinstance(d, int) and 0 <= d <= 9 for d in vocab):
-        raise ValueError(f"{fn} holds a {type(learn).__name__}, not a learner of two digits exported by "
-                         "`fastai-binary-digits train` or `learn.export()`")
-    return learn
+    "The learner in `fn` (the safe '.safetensors' or fastai's '.pkl', which shows fastai's warning), on the CPU"
+    from .model_files import load_model_file
+    if not Path(fn).exists(): raise FileNotFoundError(f"Model file {fn} does not exist; make one with "
+                                                      f"`fastai-binary-digits train --out {fn}`")
+    return load_model_file(fn)
 
 
 def _save_fig(fig, fn:Path):
@@ -215,9 +205,11 @@ def _train(args) -> int:
     from .learner import binary_learner
     from .data import check_pair
     from .distributed import distrib_ctx_if_launched
+    from .model_files import check_model_suffix
     pair = check_pair(tuple(args.pair))
     out = Path(args.out).expanduser().absolute()
-    if out.is_dir(): raise IsADirectoryError(f"--out {args.out} is a folder; give a file name such as model.pkl")
+    if out.is_dir(): raise IsADirectoryError(f"--out {args.out} is a folder; give a file name such as model.safetensors")
+    check_model_suffix(args.out, '--out')
     _quiet_bars_unless_terminal()
     dls, source = _load_dls(args, pair, args.valid)
     learn = binary_learner(dls, args.arch, lr=args.lr, seed=args.seed)

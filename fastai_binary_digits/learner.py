@@ -72,8 +72,13 @@ class BinaryLearner(Learner):
         return Learner.distrib_ctx(self, *args, **kwargs)
 
     def export(self, fname:str|Path='export.pkl', **kwargs):
-        "fastai's `export`, written to a temporary file then renamed, so an existing export is never left half-written"
+        """fastai's `export` (a pickle), written to a temporary file then renamed, so an existing export is never left
+        half-written; to a name ending in '.safetensors', the safe format instead (`export_binary_learner`)"""
         if rank_distrib(): return  # as fastai: only the main process exports
+        if Path(fname).suffix.lower() == '.safetensors':
+            from .model_files import export_binary_learner  # (model_files builds on this module)
+            if kwargs: raise TypeError(f"{', '.join(kwargs)} apply to fastai's pickle export, not to '.safetensors'")
+            return export_binary_learner(self, fname)
         self.__dict__.pop('_dispatch', None)
         with atomic_path(self.path/fname) as tmp: super().export(tmp, **kwargs)  # `tmp` is absolute: `path/tmp` is `tmp`
 

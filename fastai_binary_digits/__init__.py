@@ -11,6 +11,8 @@ from .models import *
 from .learner import *
 from .plots import *
 from .model_files import *
+from .demo import *  # Gradio itself is imported only when the demo runs
+from .demo import __all__ as _demo_all  # (`demo` the function hides `demo` the module here)
 from . import data, losses, models, learner, plots, model_files
 
-__all__ = data.__all__ + losses.__all__ + models.__all__ + learner.__all__ + plots.__all__ + model_files.__all__
+__all__ = data.__all__ + losses.__all__ + models.__all__ + learner.__all__ + plots.__all__ + model_files.__all__ + _demo_all

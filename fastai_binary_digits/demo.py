@@ -114,8 +114,9 @@ def demo_app(learn, title:str|None=None):
         clear.click(lambda: (None, NO_DIGIT, None), None, [pad, *outputs], api_visibility='private', queue=False)
         # the canvas opens with no tool chosen: choose the brush, so that the first stroke draws
         app.load(None, js=_CHOOSE_BRUSH)
-        upload.upload(lambda fn: _answer(*_read_upload(read, fn)), upload, outputs, api_name='predict',
-                      show_progress='hidden')
+        def predict(image): return _answer(*_read_upload(read, image))
+        # the API's one endpoint, `/predict`: an image file in, the probabilities and the 28x28 picture out
+        upload.upload(predict, upload, outputs, api_name='predict', show_progress='hidden')
     return app
 
 
@@ -124,6 +125,7 @@ def check_port(host:str, port:int):
     if not (isinstance(port, int) and 0 < port < 65536):
         raise ValueError(f"`port` must be a whole number from 1 to 65535, got {port!r}")
     with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: only a listener blocks it
         try: s.bind((host, port))
         except OSError as e:
             raise ValueError(f"Port {port} on {host} is not free ({e.strerror}); choose another port with "
@@ -139,3 +141,78 @@ def demo(learn, port:int|None=None, share:bool=False, host:str='127.0.0.1', **kw
     kwargs = {'theme': gr.themes.Default(), 'ssr_mode': False, 'mcp_server': False, 'pwa': False, **kwargs}
     app.launch(server_name=host, server_port=port, share=share, **kwargs)
     return app
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A folder for a Gradio Space
+
+_SPACE_MARK = '# A Gradio Space written by `fastai-binary-digits demo MODEL --space DIR`'  # app.py's first line
+
+_APP = '''{mark}: draw a digit and the model answers.
+# Here: `pip install -r requirements.txt`, then `python app.py` (http://127.0.0.1:7860). As a Space: push this folder.
+import os
+from fastai_binary_digits import demo, load_model_file
+
+learn = load_model_file({model!r})
+# On a Space, Gradio's GRADIO_SERVER_NAME is 0.0.0.0; on your own machine the page stays on 127.0.0.1
+demo(learn, host=os.environ.get('GRADIO_SERVER_NAME', '127.0.0.1'), port=int(os.environ.get('GRADIO_SERVER_PORT', 7860)))
+'''
+
+_README = '''---
+title: {title}
+emoji: ✏️
+colorFrom: gray
+colorTo: blue
+sdk: gradio
+sdk_version: {gradio}
+app_file: app.py
+pinned: false
+---
+
+# {title}
+
+A model trained with [fastai-binary-digits](https://github.com/fastai/fastbook) (chapter 4 of the fastai book) to
+tell {a} from {b}. Draw a digit and watch its probabilities; the page also shows the 28x28 picture the model
+received. `fastai_binary_digits/` is the package's code ({version}), so that the Space runs the code the model was
+trained with; `{model}` is the model.
+
+Run it on your machine: `pip install -r requirements.txt && python app.py`, then open http://127.0.0.1:7860.
+'''
+
+
+def _requirements(gradio_version:str|None) -> list:
+    "The package's own dependencies (from its installed metadata), and Gradio"
+    from importlib.metadata import PackageNotFoundError, requires
+    try: reqs = [r for r in requires('fastai-binary-digits') or [] if 'extra ==' not in r]
+    except PackageNotFoundError: reqs = ['fastai>=2.8', 'fastcore', 'torch>=2.0', 'pillow']
+    return reqs + [f'gradio=={gradio_version}' if gradio_version else 'gradio>=6']
+
+
+def _write_text(fn:Path, text:str):
+    with atomic_path(fn) as tmp: tmp.write_text(text)
+
+
+def write_space(model:str|Path, folder:str|Path) -> Path:
+    """Write `folder`, ready to deploy as a Gradio Space or to run with `python app.py`: app.py, requirements.txt, the
+    Space's README.md, the model file and this package's code. Returns the folder"""
+    from . import __version__
+    from .model_files import load_model_file
+    src, dest = Path(model).expanduser(), Path(folder).expanduser()
+    learn = load_model_file(src)  # refuses anything but a model of two digits, before a file is written
+    if dest.exists() and not dest.is_dir(): raise NotADirectoryError(f"The Space folder {folder} is a file; give a folder")
+    ours = dest/'app.py'
+    if dest.exists() and any(dest.iterdir()) and not (ours.exists() and ours.read_text().startswith(_SPACE_MARK)):
+        raise ValueError(f"The Space folder {folder} already holds other files; give a new or empty folder "
+                         "(a folder written by this command is updated in place)")
+    try: import gradio; gradio_version = gradio.__version__
+    except ModuleNotFoundError: gradio_version = None
+    code = dest/'fastai_binary_digits'
+    code.mkdir(parents=True, exist_ok=True)
+    for fn in sorted(Path(__file__).parent.glob('*.py')): _write_text(code/fn.name, fn.read_text())
+    with atomic_path(dest/src.name) as tmp: shutil.copyfile(src, tmp)
+    a, b = (int(d) for d in learn.dls.vocab)
+    _write_text(dest/'requirements.txt', '\n'.join(_requirements(gradio_version)) + '\n')
+    _write_text(dest/'README.md', _README.format(title=f'Draw a {a} or a {b}', gradio=gradio_version or '6.0.0', a=a,
+                                                 b=b, version=__version__, model=src.name))
+    _write_text(ours, _APP.format(mark=_SPACE_MARK, model=src.name))
+    return dest

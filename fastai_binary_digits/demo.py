@@ -9,7 +9,7 @@ import torch
 from fastai.torch_core import getcallable
 
 from .files import atomic_path
-from .prepare import prepare_digit
+from .prepare import load_image, prepare_digit
 
 __all__ = ['demo', 'demo_app', 'write_space']
 
@@ -60,13 +60,11 @@ def zoom(x28:np.ndarray, k:int=_ZOOM) -> np.ndarray:
 
 def _read_upload(read:DigitReader, fn:str|None):
     "The answer for an uploaded file, or a message for the page (`gradio.Error`) when it is not an image"
-    from PIL import Image, UnidentifiedImageError
     if fn is None: return None, None
-    try:
-        with Image.open(fn) as im: im.load(); image = im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise import_gradio().Error(f"{Path(fn).name} is not an image that can be read ({type(e).__name__}); "
-                                    "upload a PNG or JPEG picture of one digit") from None
+    try: image = load_image(fn)
+    except (ValueError, TypeError) as e:
+        raise import_gradio().Error(f"{Path(fn).name} is not an image that can be read: upload a PNG or JPEG picture "
+                                    f"of one digit ({e})") from None
     return read(image)
 
 
@@ -75,8 +73,12 @@ def _answer(probs:dict|None, x28:np.ndarray|None):
     return (NO_DIGIT, None) if probs is None else (probs, zoom(x28))
 
 
-_CHOOSE_BRUSH = '''() => { const pick = (n) => { const b = document.querySelector('#pad button[aria-label="Brush"]');
-    if (b) b.click(); else if (n > 0) setTimeout(() => pick(n - 1), 100); }; pick(50); }'''
+# The canvas opens, and clears, with no tool chosen: the page chooses the brush, so that the first stroke draws
+_PICK_BRUSH = '''const pick = (n) => { const b = document.querySelector('#pad button[aria-label="Brush"]');
+    if (b && b.classList.contains('highlight')) return; if (b) b.click(); if (n > 0) setTimeout(() => pick(n - 1), 100); };'''
+_CHOOSE_BRUSH = f"() => {{ {_PICK_BRUSH} pick(30); }}"
+_CLEAR_PAD = (f"() => {{ {_PICK_BRUSH} document.querySelector('#pad button[aria-label=\\'Clear canvas\\']')?.click(); "
+              "setTimeout(() => pick(10), 100); }")
 
 
 def demo_app(learn, title:str|None=None):
@@ -105,14 +107,15 @@ def demo_app(learn, title:str|None=None):
                                 height=28*_ZOOM+40, buttons=[])
 
         def on_draw(value):
-            return _answer(*read(None if value is None else value['composite']))
+            image = None if value is None else value['composite']  # None once the canvas is cleared
+            return (NO_DIGIT, None) if image is None else _answer(*read(image))
 
         outputs = [probs, seen]
         # answer as the person draws: every change of the canvas, the last one winning when strokes come quickly
         pad.change(on_draw, pad, outputs, api_visibility='private', show_progress='hidden', trigger_mode='always_last',
                    queue=False)
-        clear.click(lambda: (None, NO_DIGIT, None), None, [pad, *outputs], api_visibility='private', queue=False)
-        # the canvas opens with no tool chosen: choose the brush, so that the first stroke draws
+        # the canvas's own 'Clear canvas' (and the brush again), then the page's answer to an empty canvas
+        clear.click(lambda: (NO_DIGIT, None), None, outputs, js=_CLEAR_PAD, api_visibility='private', queue=False)
         app.load(None, js=_CHOOSE_BRUSH)
         def predict(image): return _answer(*_read_upload(read, image))
         # the API's one endpoint, `/predict`: an image file in, the probabilities and the 28x28 picture out

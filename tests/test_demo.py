@@ -153,7 +153,7 @@ class Page:
         for points in strokes:
             m.move(x0 + points[0][0]*side, y0 + points[0][1]*side)
             m.down()
-            for x, y in points[1:]: m.move(x0 + x*side, y0 + y*side, steps=3)
+            for x, y in points[1:]: m.move(x0 + x*side, y0 + y*side, steps=2)
             m.up()
 
     def answer(self, expected:str, timeout=20_000) -> dict:
@@ -177,11 +177,11 @@ class Page:
     def close(self): self.page.close()
 
 
-def _line(a, b, n=12): return [(a[0] + (b[0]-a[0])*i/n, a[1] + (b[1]-a[1])*i/n) for i in range(n+1)]
+def _line(a, b, n=4): return [(a[0] + (b[0]-a[0])*i/n, a[1] + (b[1]-a[1])*i/n) for i in range(n+1)]
 VERTICAL = [_line((0.5, 0.12), (0.5, 0.88))]
-LOOP = [[(0.5 + 0.27*math.sin(t), 0.5 - 0.37*math.cos(t)) for t in np.linspace(0, 2*math.pi, 41)]]
+LOOP = [[(0.5 + 0.27*math.sin(t), 0.5 - 0.37*math.cos(t)) for t in np.linspace(0, 2*math.pi, 25)]]
 FOUR = [_line((0.38, 0.1), (0.22, 0.58)) + _line((0.22, 0.58), (0.78, 0.58))[1:], _line((0.62, 0.15), (0.62, 0.9))]
-EIGHT = [[(0.5 + 0.4*math.sin(t)*math.cos(t), 0.5 - 0.38*math.sin(t)) for t in np.linspace(0, 2*math.pi, 49)]]
+EIGHT = [[(0.5 + 0.4*math.sin(t)*math.cos(t), 0.5 - 0.38*math.sin(t)) for t in np.linspace(0, 2*math.pi, 33)]]
 
 
 def _loopback(line:str) -> bool:

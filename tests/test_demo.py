@@ -381,3 +381,19 @@ def test_reader_gives_fastais_probabilities(models, pngs):
             assert max(probs, key=probs.get) == str(digit)
         assert read(np.full((200, 300, 4), 0, np.uint8)) == (None, None)  # an empty, transparent canvas
     with pytest.raises(TypeError, match='two-digit'): DigitReader(object())
+
+
+def test_demo_opens_inline_in_jupyter(models, monkeypatch):
+    "In a notebook, `demo(learn)` shows the page below the cell (an iframe of the local server) and returns at once"
+    for m in ('gradio', 'nbclient', 'nbformat', 'ipykernel'): _needs(m)
+    import nbformat
+    from nbclient import NotebookClient
+    port = _free_port()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        f"from fastai_binary_digits import *\nlearn = load_model_file({str(models[4, 8])!r})\n"
+        f"app = demo(learn, port={port})"), nbformat.v4.new_code_cell("print(app.local_url); app.close()")])
+    monkeypatch.setenv('PYTHONPATH', os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))  # this checkout
+    NotebookClient(nb, timeout=180, kernel_name='python3').execute()
+    html = ''.join(o.get('data', {}).get('text/html', '') for o in nb.cells[0].outputs)
+    assert '<iframe' in html and f'127.0.0.1:{port}' in html, nb.cells[0].outputs
+    assert f'http://127.0.0.1:{port}/' in nb.cells[1].outputs[0]['text']

@@ -81,7 +81,7 @@ _CLEAR_PAD = (f"() => {{ {_PICK_BRUSH} document.querySelector('#pad button[aria-
               "setTimeout(() => pick(10), 100); }")
 
 
-def demo_app(learn, title:str|None=None):
+def demo_app(learn, title:str|None=None) -> 'gradio.Blocks':
     "The Gradio `Blocks` page for `learn`: a canvas to draw on, an upload, the pair's probabilities and the 28x28 input"
     gr = import_gradio()
     read = DigitReader(learn)
@@ -135,7 +135,7 @@ def check_port(host:str, port:int):
                              f"`--port` (Python: `port=`)") from None
 
 
-def demo(learn, port:int|None=None, share:bool=False, host:str='127.0.0.1', **kwargs):
+def demo(learn, port:int|None=None, share:bool=False, host:str='127.0.0.1', **kwargs) -> 'gradio.Blocks':
     """Serve the page for `learn` at http://`host`:`port` (default: the first free port from 7860) and return the
     Gradio app: inline in Jupyter; from a script it serves until interrupted. `kwargs` go to Gradio's `launch`"""
     gr = import_gradio()
@@ -174,7 +174,7 @@ pinned: false
 
 # {title}
 
-A model trained with [fastai-binary-digits](https://github.com/fastai/fastbook) (chapter 4 of the fastai book) to
+A model trained with fastai-binary-digits (chapter 4 of the [fastai book](https://github.com/fastai/fastbook)) to
 tell {a} from {b}. Draw a digit and watch its probabilities; the page also shows the 28x28 picture the model
 received. `fastai_binary_digits/` is the package's code ({version}), so that the Space runs the code the model was
 trained with; `{model}` is the model.

@@ -118,7 +118,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true', help='print the results as one JSON object')
     _add_report(p, ', '.join(v for k, v in _REPORT_FILES.items() if k != 'loss'))
     p.set_defaults(func=_evaluate)
+    _add_demo(sub, fmt)
     return parser
+
+
+def _add_demo(sub, fmt):
+    "The `demo` command: the page where a person draws a digit, or a folder for a Gradio Space"
+    p = sub.add_parser('demo', formatter_class=fmt, help='a page where you draw a digit and the model answers',
+                       description=_text("Serve a page (Gradio) where you draw a digit with the mouse or a finger, or "
+                                         "upload an image, and the model answers as you draw, showing the 28x28 "
+                                         "picture it received. The page stays on this machine (127.0.0.1) unless "
+                                         "you pass --host or --share. Needs the `demo` extra: "
+                                         "pip install \"fastai-binary-digits[demo]\"."),
+                       epilog="examples:\n"
+                              "  fastai-binary-digits demo model.safetensors --port 7860\n"
+                              "  fastai-binary-digits demo model.safetensors --space my_space/   # then: cd my_space "
+                              "&& python app.py")
+    p.add_argument('model', metavar='MODEL', help=_MODEL_HELP)
+    p.add_argument('--port', type=_positive(int, 'a port number from 1 to 65535'), default=None,
+                   help='the port to serve on (default: the first free one from 7860)')
+    p.add_argument('--host', default='127.0.0.1',
+                   help="the address to serve on: 127.0.0.1 keeps the page on this machine, 0.0.0.0 opens it to the "
+                        "network")
+    p.add_argument('--share', action='store_true',
+                   help="also serve the page through a public link from Gradio's share servers (never on by default)")
+    p.add_argument('--space', metavar='DIR', help="rather than serving, write DIR ready to deploy as a Hugging Face "
+                                                  "Gradio Space: app.py (runs with `python app.py`), requirements.txt, "
+                                                  "README.md, the model and this package's code")
+    p.set_defaults(func=_demo)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -375,6 +402,22 @@ def _evaluate(args) -> int:
     if report:
         for fn in _write_report(learn, dl, report, 'testing', with_loss=False):
             print(f"Wrote {fn}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _demo(args) -> int:
+    _out_folder(args.space, '--space')  # before the model loads
+    from .demo import check_port, demo, import_gradio, write_space
+    if args.space is not None:
+        print(f"Wrote the Space {write_space(args.model, args.space)}: run it with `cd {args.space} && python app.py`")
+        return 0
+    try: import_gradio()
+    except ModuleNotFoundError as e:  # the optional extra: one line that says how to install it
+        if e.name != 'gradio': raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.port is not None: check_port(args.host, args.port)  # before the model loads: fail fast
+    demo(_load_model(args.model), port=args.port, share=args.share, host=args.host)
     return 0
 
 

@@ -129,7 +129,7 @@ def _add_demo(sub, fmt):
                                          "upload an image, and the model answers as you draw, showing the 28x28 "
                                          "picture it received. The page stays on this machine (127.0.0.1) unless "
                                          "you pass --host or --share. Needs the `demo` extra: "
-                                         "pip install \"fastai-binary-digits[demo]\"."),
+                                         "pip install -e \".[demo]\" in a clone of the repository, or pip install \"gradio>=6,<7\"."),
                        epilog="examples:\n"
                               "  fastai-binary-digits demo model.safetensors --port 7860\n"
                               "  fastai-binary-digits demo model.safetensors --space my_space/   # then: cd my_space "

@@ -14,7 +14,7 @@ from .prepare import load_image, prepare_digit
 
 __all__ = ['demo', 'demo_app', 'write_space']
 
-INSTALL = 'pip install "fastai-binary-digits[demo]"'  # the one line that adds Gradio
+INSTALL = 'pip install "gradio>=6,<7" (in a clone of the repository: pip install -e ".[demo]")'  # adds Gradio
 NO_DIGIT = 'no digit found'                            # what the page says for an empty canvas or a blank image
 _ZOOM = 6                                              # the 28x28 picture is shown 6 times larger, pixels kept sharp
 

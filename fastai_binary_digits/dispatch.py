@@ -72,30 +72,49 @@ def _delegates_to(o, prof, name:str):
 def _learner_finds(learn, name:str):
     "Whether `getattr(learn, name)` finds something (True), raises `AttributeError` and nothing else (False), or unknown (None)"
     cls = type(learn)
-    prof = _profile(cls, 'learner')
+    hit = _profiles.get((id(cls), 'learner'))  # `_profile`, inlined here and below: this runs at nearly every event
+    prof = hit[1] if hit is not None and hit[0] is cls else _profile(cls, 'learner')
     if prof is None: return None
-    if name in learn.__dict__ or hasattr(cls, name): return True
-    model = _delegates_to(learn, prof, name)
+    d = learn.__dict__
+    if name in d or hasattr(cls, name): return True
+    # `_delegates_to(learn, prof, name)`, inlined
+    if '_default' in d or '_xtra' in d: return None
+    if name == prof[0]: return False
+    model = d.get(prof[0], prof[1])
     if model is None: return False
-    if model is _MISSING or not isinstance(model, nn.Module) or _profile(type(model), 'module') is None: return None
+    mcls = type(model)
+    hit = _profiles.get((id(mcls), 'module'))
+    mprof = hit[1] if hit is not None and hit[0] is mcls else (_profile(mcls, 'module') if isinstance(model, nn.Module)
+                                                              else None)
+    if mprof is None: return None
     md = model.__dict__
-    return (name in md or hasattr(type(model), name) or
-            any(name in md.get(k, ()) for k in ('_parameters', '_buffers', '_modules')))
+    if name in md or hasattr(mcls, name): return True
+    for k in ('_parameters', '_buffers', '_modules'):
+        if name in md.get(k, ()): return True
+    return False
 
 
 def call_event(learn, event_name:str):
     "fastai's `Learner._call_one(learn, event_name)`, without the `cb(event_name)` calls that provably do nothing"
     if not hasattr(event, event_name): raise Exception(f'missing {event_name}')
-    items = list(learn.cbs.items)
-    orders = [getattr(cb, 'order', 0) for cb in items]  # fastai's `cbs.sorted('order')`: the same keys, the same sort
+    cbs = list(learn.cbs.items)
+    if len(cbs) > 1:  # fastai's `cbs.sorted('order')`: the same keys, the same (stable) sort
+        orders = [getattr(cb, 'order', 0) for cb in cbs]
+        cbs = [cbs[i] for i in sorted(range(len(cbs)), key=orders.__getitem__)]
+    if event_name == 'after_fit':  # at `after_fit`, `Callback.__call__` sets `run` back to True: every one is called
+        for cb in cbs: cb(event_name)
+        return
     learner_finds = _MISSING  # what `_learner_finds` says; read again after any callback has run
-    for i in sorted(range(len(items)), key=orders.__getitem__):
-        cb = items[i]
-        if event_name != 'after_fit':  # at `after_fit`, `Callback.__call__` sets `run` back to True: always called
-            cls = type(cb)
-            prof = _profile(cls, 'callback')
-            if prof is not None and event_name not in cb.__dict__ and not hasattr(cls, event_name):
-                target = _delegates_to(cb, prof, event_name)
+    for cb in cbs:
+        cls = type(cb)
+        hit = _profiles.get((id(cls), 'callback'))  # `_profile`, inlined: this runs for every callback at every event
+        prof = hit[1] if hit is not None and hit[0] is cls else _profile(cls, 'callback')
+        if prof is not None:
+            d = cb.__dict__
+            if event_name not in d and not hasattr(cls, event_name):
+                # `_delegates_to(cb, prof, event_name)`, inlined
+                if '_default' in d or '_xtra' in d: target = _MISSING
+                else: target = None if event_name == prof[0] else d.get(prof[0], prof[1])
                 if target is None: continue
                 if target is learn:
                     if learner_finds is _MISSING: learner_finds = _learner_finds(learn, event_name)

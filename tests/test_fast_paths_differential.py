@@ -1,7 +1,7 @@
 """Differential tests: fastai's `Learner` and `BinaryLearner` (and a stock `TfmdDL` and `BinaryDigitsDL`) run the same
 generated callbacks (and loader hooks) on the same data, model and seed, and must give the same event traces, recorder
 values, weights and batches, bitwise. Also the version guard, `fast=False`, `VerboseCallback` and dataclass callbacks."""
-import copy, random, warnings
+import random, warnings
 from dataclasses import dataclass
 from functools import partial
 

@@ -1,6 +1,6 @@
 """Model files that cannot run code: the safe format's round trip for every built-in architecture, hostile and lying
 files refused with clear errors, and fastai's pickle export beside it with its warning shown"""
-import json, os, pickle, subprocess, sys, textwrap, warnings
+import json, pickle, subprocess, sys, textwrap, warnings
 
 import matplotlib
 matplotlib.use('Agg')

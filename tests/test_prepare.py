@@ -1,7 +1,6 @@
 """`prepare_digit` for real: MNIST's testing digits drawn as people draw and photograph them get the answers the
 originals get; pictures without a digit get none; everywhere an image enters a trained model"""
 import json, subprocess, sys
-from pathlib import Path
 
 import numpy as np
 import pytest

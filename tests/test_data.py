@@ -399,7 +399,7 @@ def test_unreadable_cache_warns_in_one_line(damage, sample_png, tmp_path):
     assert len(ws) == 1, [str(w.message) for w in ws]
     msg = str(ws[0].message)
     assert '\n' not in msg and str(fn) in msg and 'rebuild' in msg and 'weights_only' not in msg, msg
-    assert len(msg) < 200, msg
+    assert len(msg.replace(str(fn), '')) < 120, msg  # short, whatever the length of the (temporary) path
 
 
 @pytest.mark.parametrize('pair, message', [

@@ -138,8 +138,8 @@ def _add_demo(sub, fmt):
     p.add_argument('--port', type=_positive(int, 'a port number from 1 to 65535'), default=None,
                    help='the port to serve on (default: the first free one from 7860)')
     p.add_argument('--host', default='127.0.0.1',
-                   help="the address to serve on: 127.0.0.1 keeps the page on this machine, 0.0.0.0 opens it to the "
-                        "network")
+                   help="the address to serve on: 127.0.0.1 keeps the page on this machine; an address of this "
+                        "machine on a network (or all of them) opens it to that network")
     p.add_argument('--share', action='store_true',
                    help="also serve the page through a public link from Gradio's share servers (never on by default)")
     p.add_argument('--space', metavar='DIR', help="rather than serving, write DIR ready to deploy as a Hugging Face "

@@ -158,7 +158,7 @@ import os
 from fastai_binary_digits import demo, load_model_file
 
 learn = load_model_file({model!r})
-# On a Space, Gradio's GRADIO_SERVER_NAME is 0.0.0.0; on your own machine the page stays on 127.0.0.1
+# On a Space, Gradio's GRADIO_SERVER_NAME opens the page to the Space's network; on your own machine it stays on 127.0.0.1
 demo(learn, host=os.environ.get('GRADIO_SERVER_NAME', '127.0.0.1'), port=int(os.environ.get('GRADIO_SERVER_PORT', 7860)))
 '''
 

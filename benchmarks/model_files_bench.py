@@ -83,7 +83,9 @@ def same_predictions(*learners) -> bool:
     "Whether all `learners` give bitwise the same probabilities on the sample's validation images"
     import torch
     x = list(learners[0].dls.valid.dataset.x[:64])
-    preds = [l.get_preds(dl=l.dls.test_dl(x))[0] for l in learners]
+    preds = []
+    for l in learners:
+        with l.no_bar(): preds.append(l.get_preds(dl=l.dls.test_dl(x))[0])
     return all(torch.equal(preds[0], p) for p in preds[1:])
 
 

@@ -1,12 +1,11 @@
 """Model files that cannot run code: a learner's weights in `safetensors` with the few facts that rebuild it (the
 pair, the architecture, the loss, the image preparation), beside fastai's pickle export, for trusted files only"""
 from __future__ import annotations
-import json, math, os, struct
+import json, math, os, struct, sys
 from pathlib import Path
 
 import torch
 from torch import nn
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from . import compat  # first: it imports fastai with fastai's import-time warning hidden
 from fastai.data.transforms import CategoryMap
@@ -112,14 +111,14 @@ def _content_error(fn:Path, what:str) -> ValueError:
     return ValueError(f"Cannot load {fn} as a safetensors model file: {what}")
 
 
-def _read_header(fn:Path) -> tuple:
-    """The metadata and the tensors `{name: (dtype, shape, (start, stop))}` that the header of `fn` describes, read
-    without any parser but `json`; a pickle, or a header that does not fit the file's bytes, is a clear error"""
-    with open(fn, 'rb') as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
-        n = struct.unpack('<Q', head)[0] if size >= 8 else 0  # the header's size, in bytes
-        header = f.read(n) if 8 + n <= size else b''
+def _read_header(fn:Path, f) -> tuple:
+    """The metadata and the tensors `{name: (dtype, shape, (start, stop))}` that the header of `fn` (open as `f`)
+    describes, read without any parser but `json`; a pickle, or a header that does not fit the file's bytes, is a
+    clear error"""
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(8)
+    n = struct.unpack('<Q', head)[0] if size >= 8 else 0  # the header's size, in bytes
+    header = f.read(n) if 8 + n <= size else b''
     looks_safe = header[:1] == b'{'  # a header size that fits, then the JSON header
     # a zip archive as `torch.save` writes, or a pickle of protocol 2 to 5 (its PROTO opcode, then the number)
     pickled = head.startswith(b'PK\x03\x04') or len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5
@@ -148,6 +147,15 @@ def _read_header(fn:Path) -> tuple:
     end = max((o[1] for *_, o in entries.values()), default=0)
     if end > data: raise _content_error(fn, f"it is truncated: its header describes {end:,} bytes of tensors, but "
                                             f"{data:,} follow it; export it again")
+    at = 0  # safetensors' rule, checked before the data are read: the tensors fill the data in turn, and nothing else
+    for k, (start, stop) in sorted(((k, o) for k, (*_, o) in entries.items()), key=lambda e: e[1]):
+        if start != at or stop < start:
+            raise _content_error(fn, f"its header gives the tensor {k!r} the bytes {start:,} to {stop:,}, which "
+                                     f"{'overlap another tensor' if start < at else 'do not follow the tensor before'} "
+                                     "(the file is damaged: export it again)")
+        at = stop
+    if at < data: raise _content_error(fn, f"{data - at:,} bytes follow the {at:,} bytes of tensors its header "
+                                           "describes (two files joined, or a damaged one?); export it again")
     for k, (dtype, shape, (start, stop)) in entries.items():
         need = math.prod(shape)*_ITEMSIZE.get(dtype, 0)
         if dtype in _ITEMSIZE and stop - start != need:
@@ -217,6 +225,34 @@ def _empty_dls(pair:tuple, prepare:bool, path:Path, device) -> BinaryDigitsDataL
     return dls
 
 
+# Architectures built as a skeleton on PyTorch's meta device, without data, whose tensors are then made from the file:
+# this skips a random initialisation of weights that would be overwritten, most of the build for large linear layers
+# (`deep`: 0.9 ms on the CPU, 0.4 ms on meta). The small layers of `linear` and `cnn` build faster on the CPU, where
+# there is no meta dispatch to pay for, and are overwritten in place (`benchmarks/model_files_bench.py` times loads)
+_META_SKELETON = ('simple', 'deep')
+_BIG_ENDIAN = sys.byteorder == 'big'  # safetensors stores little-endian numbers
+
+
+def _read_weights(fn:Path, f, entries:dict, model:nn.Module, own:dict):
+    """Read the bytes of each tensor of the file (open as `f`, just after its header) straight into `model`'s tensor
+    of that name in `own` (its `state_dict(keep_vars=True)`), whose dtype, shape and byte count were checked against
+    the header; a tensor of a skeleton built on the meta device gets its memory here, and replaces it as
+    `load_state_dict(assign=True)` would"""
+    with torch.no_grad():
+        for k in sorted(entries, key=lambda k: entries[k][2]):  # in the file's order: they follow each other
+            t = torch.empty(own[k].shape, dtype=own[k].dtype) if own[k].is_meta else own[k].detach()
+            data = t.reshape(-1).view(torch.uint8).numpy()  # the tensor's memory, as bytes
+            if f.readinto(data) != data.nbytes:
+                raise _content_error(fn, f"it was cut short while its tensor {k!r} was read (is it being written?)")
+            if _BIG_ENDIAN: t.numpy().byteswap(inplace=True)
+            if own[k].is_meta:
+                module_name, _, name = k.rpartition('.')
+                module = model.get_submodule(module_name)
+                if isinstance(own[k], nn.Parameter):
+                    module.register_parameter(name, nn.Parameter(t, requires_grad=own[k].requires_grad))
+                else: module.register_buffer(name, t)
+
+
 def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
     """The inference-ready learner in the safe model file `fname` (written by `learn.export('model.safetensors')`):
     nothing in the file is run; every fact and tensor is checked first. On the CPU, or fastai's default device"""
@@ -224,15 +260,15 @@ def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
     if fn.suffix.lower() != SAFE_SUFFIX:
         raise ValueError(f"{fn} does not end in '.safetensors': `load_binary_learner` reads only the safe format; "
                          "use `load_model_file` for either format")
-    meta, entries = _read_header(fn)
-    facts = _read_metadata(fn, meta)
-    model = ARCHS[facts['arch']]()
-    _check_tensors(fn, entries, facts['arch'], model.state_dict())
-    try:  # safetensors' own parser reads the same header again, and the tensors
-        with safe_open(fn, framework='pt', device='cpu') as f: state = {k: f.get_tensor(k) for k in entries}
-    except SafetensorError as e: raise _content_error(fn, f"{e} (the file is damaged: export it again)") from None
+    with open(fn, 'rb') as f:
+        meta, entries = _read_header(fn, f)
+        facts = _read_metadata(fn, meta)
+        arch = facts['arch']
+        model = ARCHS[arch](device='meta') if arch in _META_SKELETON else ARCHS[arch]()
+        own = model.state_dict(keep_vars=True)  # its parameters and buffers themselves, by the file's names
+        _check_tensors(fn, entries, arch, own)
+        _read_weights(fn, f, entries, model, own)
     device = torch.device('cpu') if cpu else default_device()
-    model.load_state_dict(state, strict=True, assign=True)  # the file's tensors become the model's: all of them
     if device.type != 'cpu': model.to(device)
     model.eval()
     dls = _empty_dls(facts['pair'], facts['prepare'], fn.parent, device)

@@ -135,6 +135,58 @@ def test_loaded_learner_is_inference_ready(learners, files, dls, tmp_path):
     plt.close('all')
 
 
+@pytest.mark.parametrize('arch', list(ARCHS))
+def test_loaded_weights_are_the_models_own(arch, learners, files, dls, tmp_path):
+    "Whether built on the CPU or as a meta skeleton: every tensor real, a leaf with its own memory, trainable, exported again byte for byte"
+    learn = load_binary_learner(files[arch][0])
+    own = learn.model.state_dict(keep_vars=True)
+    assert not any(t.is_meta for t in own.values()) and all(t.device.type == 'cpu' for t in own.values())
+    params = list(learn.model.parameters())
+    assert params and all(type(p) is nn.Parameter and p.requires_grad and p.is_leaf for p in params)
+    assert len({t.untyped_storage().data_ptr() for t in own.values()}) == len(own)  # no two share memory
+    for k, t in learners[arch].model.state_dict().items(): assert torch.equal(own[k], t), k
+    learn.path = tmp_path
+    learn.export('again.safetensors')  # safetensors refuses tensors that share memory
+    again, first = _raw(tmp_path/'again.safetensors'), _raw(files[arch][0])  # the metadata's order varies
+    assert again == first
+    learn.dls = dls  # trains as the learner that wrote it would
+    before = {k: t.clone() for k, t in own.items()}
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 0.1)
+    trained = learn.model.state_dict()
+    assert not torch.equal(before['weight' if arch == 'linear' else '0.weight' if arch != 'cnn' else '1.0.weight'],
+                           trained['weight' if arch == 'linear' else '0.weight' if arch != 'cnn' else '1.0.weight'])
+    for k, t in load_binary_learner(files[arch][0]).model.state_dict().items():  # the file and its next load: unchanged
+        assert torch.equal(t, before[k]), k
+
+
+def test_big_endian_machines_swap_the_bytes(files, monkeypatch):
+    "safetensors stores little-endian numbers: on a big-endian machine each tensor's bytes are swapped after reading"
+    from fastai_binary_digits import model_files
+    want = load_binary_learner(files['cnn'][0]).model.state_dict()
+    monkeypatch.setattr(model_files, '_BIG_ENDIAN', True)  # this machine is little-endian: the swap shows as swapped
+    got = load_binary_learner(files['cnn'][0]).model.state_dict()
+    for k, t in want.items():
+        as_bytes = lambda x: x.reshape(-1).view(torch.uint8)  # bitwise: a swapped float may be a NaN
+        assert torch.equal(as_bytes(got[k]), as_bytes(torch.from_numpy(t.numpy().byteswap()))), k
+        assert got[k].shape == t.shape and not torch.equal(as_bytes(got[k]), as_bytes(t)), k
+
+
+def test_a_file_cut_while_it_is_read(files, tmp_path, monkeypatch):
+    "The file shrinks between the header's checks and the reading of its tensors: a clear error, no half-read model"
+    from fastai_binary_digits import model_files
+    fn = tmp_path/'cut.safetensors'
+    fn.write_bytes(files['deep'][0].read_bytes())
+    read_header = model_files._read_header
+    def header_then_cut(fn_, f):
+        res = read_header(fn_, f)
+        with open(fn_, 'r+b') as g: g.truncate(fn_.stat().st_size - 100)
+        return res
+    monkeypatch.setattr(model_files, '_read_header', header_then_cut)
+    with pytest.raises(ValueError, match=r"Cannot load .*cut.safetensors as a safetensors model file: it was cut short "
+                                         r"while its tensor '8.weight' was read"):
+        load_binary_learner(fn)
+
+
 def test_loss_and_prepare_travel_with_the_file(tmp_path):
     dls = BinaryDigitsDataLoaders.from_mnist(pair=(9, 1), sample=True, seed=0, device='cpu')
     dls.prepare = False  # issue 10's setting: images are taken as they are
@@ -354,7 +406,12 @@ BROKEN = [  # (what, the file's bytes from the good file's, the error)
     ('tensor without dtype', lambda fn: _edit_raw(fn, lambda h: h['bias'].pop('dtype')),
      r"its header describes the tensor 'bias' as \{'shape': \[1\], 'data_offsets': \[0, 4\]\}, not with a dtype"),
     ('overlapping tensors', lambda fn: _edit_raw(fn, lambda h: h['weight'].update(data_offsets=[0, 3136])),
-     r"Error while deserializing header: .* \(the file is damaged: export it again\)"),  # safetensors' own check
+     r"its header gives the tensor 'weight' the bytes 0 to 3,136, which overlap another tensor \(the file is damaged"),
+    ('a gap between tensors', lambda fn: _edit_raw(fn, lambda h: h['weight'].update(
+        data_offsets=[o + 4 for o in h['weight']['data_offsets']])) + bytes(4),
+     r"its header gives the tensor 'weight' the bytes [\d,]+ to [\d,]+, which do not follow the tensor before"),
+    ('bytes after the tensors', lambda fn: fn.read_bytes() + b'junk',
+     r"4 bytes follow the 3,140 bytes of tensors its header describes \(two files joined"),
     ('a text file', lambda fn: b'hello, this is not a model\n',
      r"its first 8 bytes give a header of [\d,]+ bytes, which no"),
 ]

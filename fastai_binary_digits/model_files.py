@@ -144,9 +144,6 @@ def _read_header(fn:Path, f) -> tuple:
             raise _content_error(fn, f"its header describes the tensor {k!r} as {v!r}, not with a dtype, shape and "
                                      "data_offsets") from None
     data = size - 8 - n
-    end = max((o[1] for *_, o in entries.values()), default=0)
-    if end > data: raise _content_error(fn, f"it is truncated: its header describes {end:,} bytes of tensors, but "
-                                            f"{data:,} follow it; export it again")
     at = 0  # safetensors' rule, checked before the data are read: the tensors fill the data in turn, and nothing else
     for k, (start, stop) in sorted(((k, o) for k, (*_, o) in entries.items()), key=lambda e: e[1]):
         if start != at or stop < start:
@@ -154,6 +151,8 @@ def _read_header(fn:Path, f) -> tuple:
                                      f"{'overlap another tensor' if start < at else 'do not follow the tensor before'} "
                                      "(the file is damaged: export it again)")
         at = stop
+    if at > data: raise _content_error(fn, f"it is truncated: its header describes {at:,} bytes of tensors, but "
+                                           f"{data:,} follow it; export it again")
     if at < data: raise _content_error(fn, f"{data - at:,} bytes follow the {at:,} bytes of tensors its header "
                                            "describes (two files joined, or a damaged one?); export it again")
     for k, (dtype, shape, (start, stop)) in entries.items():
@@ -240,16 +239,17 @@ def _read_weights(fn:Path, f, entries:dict, model:nn.Module, own:dict):
     `load_state_dict(assign=True)` would"""
     with torch.no_grad():
         for k in sorted(entries, key=lambda k: entries[k][2]):  # in the file's order: they follow each other
-            t = torch.empty(own[k].shape, dtype=own[k].dtype) if own[k].is_meta else own[k].detach()
+            target = own[k]
+            t = torch.empty(target.shape, dtype=target.dtype) if target.is_meta else target.detach()
             data = t.reshape(-1).view(torch.uint8).numpy()  # the tensor's memory, as bytes
             if f.readinto(data) != data.nbytes:
                 raise _content_error(fn, f"it was cut short while its tensor {k!r} was read (is it being written?)")
             if _BIG_ENDIAN: t.numpy().byteswap(inplace=True)
-            if own[k].is_meta:
+            if target.is_meta:
                 module_name, _, name = k.rpartition('.')
                 module = model.get_submodule(module_name)
-                if isinstance(own[k], nn.Parameter):
-                    module.register_parameter(name, nn.Parameter(t, requires_grad=own[k].requires_grad))
+                if isinstance(target, nn.Parameter):
+                    module.register_parameter(name, nn.Parameter(t, requires_grad=target.requires_grad))
                 else: module.register_buffer(name, t)
 
 

@@ -1,15 +1,18 @@
 "Chapter 4 of the fastai book as a tool: classify any pair of MNIST digits with fastai, from scratch to `Learner`"
 __version__ = '0.1.0'
 
-_API_MODULES = ('data', 'losses', 'models', 'learner', 'plots', 'prepare', 'model_files', 'demo')
+_API_MODULES = ('data', 'losses', 'models', 'learner', 'plots', 'prepare', 'demo')
 # ^ what `from fastai_binary_digits import *` gives (`demo` imports Gradio only when the demo runs)
 
 
 def _load_api():
     """Import the API, and with it fastai (its progress bars, schedules, ...), into this module: on first use of any of
     its names or of `__all__` (PEP 562), so that `import fastai_binary_digits.cli` and `--help` need no fastai"""
+    import warnings
     from importlib import import_module
-    mods = [import_module(f'.{m}', __name__) for m in _API_MODULES]
+    with warnings.catch_warnings():  # fastai's layers call the deprecated `torch.jit.script` on import: not the user's to act on
+        warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+        mods = [import_module(f'.{m}', __name__) for m in _API_MODULES]
     g = globals()
     for m in mods: g.update({n: getattr(m, n) for n in m.__all__})
     g['__all__'] = [n for m in mods for n in m.__all__]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 from .files import atomic_path
-from .mnist import SAMPLE_PATH, SPLITS, _idx_file, read_idx
+from .mnist import SAMPLE_PATH, SPLITS, idx_file, read_idx
 
 __all__ = ['build_sample']
 
@@ -25,7 +25,7 @@ def build_sample(idx_dir:str|Path, out:str|Path=SAMPLE_PATH, per_digit:dict=PER_
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for split, prefix in SPLITS.items():
-        files = [_idx_file(idx_dir, prefix, k) for k in ('images', 'labels')]
+        files = [idx_file(idx_dir, prefix, k) for k in ('images', 'labels')]
         if None in files: raise FileNotFoundError(f"{idx_dir} lacks the {prefix} IDX files (images and labels)")
         images, labels = map(read_idx, files)
         keep = np.sort(np.concatenate([np.flatnonzero(labels == d)[:per_digit[split]] for d in range(10)]))

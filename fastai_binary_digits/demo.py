@@ -1,16 +1,17 @@
 """Draw a digit: a Gradio page where a person draws (or uploads) a digit and a trained learner answers as they draw,
 showing the 28x28 picture the model received. Local and offline unless asked otherwise; Gradio is an optional extra."""
 from __future__ import annotations
-import os, shutil, socket
+import os, shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from . import compat  # first: it imports fastai with fastai's import-time warning hidden
 from fastai.torch_core import getcallable
 
+from .checks import BinaryDigitsError, check_port
 from .files import atomic_path
-from .prepare import load_image, prepare_digit
+from .images import as_pil_image
+from .prepare import prepare_digit
 
 __all__ = ['demo', 'demo_app', 'write_space']
 
@@ -62,8 +63,8 @@ def zoom(x28:np.ndarray, k:int=_ZOOM) -> np.ndarray:
 def _read_upload(read:DigitReader, fn:str|None):
     "The answer for an uploaded file, or a message for the page (`gradio.Error`) when it is not an image"
     if fn is None: return None, None
-    try: image = load_image(fn)
-    except (ValueError, TypeError) as e:
+    try: image = as_pil_image(fn)
+    except (BinaryDigitsError, OSError) as e:
         raise import_gradio().Error(f"{Path(fn).name} is not an image that can be read: upload a PNG or JPEG picture "
                                     f"of one digit ({e})") from None
     return read(image)
@@ -124,18 +125,6 @@ def demo_app(learn, title:str|None=None) -> 'gradio.Blocks':
     return app
 
 
-def check_port(host:str, port:int):
-    "A clear error when `port` on `host` is taken, rather than Gradio's search for another"
-    if not (isinstance(port, int) and 0 < port < 65536):
-        raise ValueError(f"`port` must be a whole number from 1 to 65535, got {port!r}")
-    with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: only a listener blocks it
-        try: s.bind((host, port))
-        except OSError as e:
-            raise ValueError(f"Port {port} on {host} is not free ({e.strerror}); choose another port with "
-                             f"`--port` (Python: `port=`)") from None
-
-
 def demo(learn, port:int|None=None, share:bool=False, host:str='127.0.0.1', **kwargs) -> 'gradio.Blocks':
     """Serve the page for `learn` at http://`host`:`port` (default: the first free port from 7860) and return the
     Gradio app: inline in Jupyter; from a script it serves until interrupted. `kwargs` go to Gradio's `launch`"""
@@ -185,11 +174,13 @@ Run it on your machine: `pip install -r requirements.txt && python app.py`, then
 
 
 def _requirements(gradio_version:str|None) -> list:
-    "The package's own dependencies (from its installed metadata), and Gradio"
+    "The package's own dependencies, from its installed metadata or, in a checkout that is not installed, its pyproject.toml"
     from importlib.metadata import PackageNotFoundError, requires
-    try: reqs = [r for r in requires('fastai-binary-digits') or [] if 'extra ==' not in r]
-    except PackageNotFoundError: reqs = ['fastai>=2.8', 'fastcore', 'torch>=2.0', 'pillow']
-    return reqs + [f'gradio=={gradio_version}' if gradio_version else 'gradio>=6']
+    try: reqs = requires('fastai-binary-digits') or []
+    except PackageNotFoundError:
+        import tomllib  # Python 3.11+; on 3.10, install the package (`pip install -e .`) first
+        reqs = tomllib.loads((Path(__file__).parent.parent/'pyproject.toml').read_text())['project']['dependencies']
+    return [r for r in reqs if 'extra ==' not in r] + [f'gradio=={gradio_version}' if gradio_version else 'gradio>=6']
 
 
 def _write_text(fn:Path, text:str):
@@ -200,13 +191,13 @@ def write_space(model:str|Path, folder:str|Path) -> Path:
     """Write `folder`, ready to deploy as a Gradio Space or to run with `python app.py`: app.py, requirements.txt, the
     Space's README.md, the model file and this package's code. Returns the folder"""
     from . import __version__
-    from .model_files import load_model_file
+    from .learner import load_model_file
     src, dest = Path(model).expanduser(), Path(folder).expanduser()
     learn = load_model_file(src)  # refuses anything but a model of two digits, before a file is written
     if dest.exists() and not dest.is_dir(): raise NotADirectoryError(f"The Space folder {folder} is a file; give a folder")
     ours = dest/'app.py'
     if dest.exists() and any(dest.iterdir()) and not (ours.exists() and ours.read_text().startswith(_SPACE_MARK)):
-        raise ValueError(f"The Space folder {folder} already holds other files; give a new or empty folder "
+        raise BinaryDigitsError(f"The Space folder {folder} already holds other files; give a new or empty folder "
                          "(a folder written by this command is updated in place)")
     try: import gradio; gradio_version = gradio.__version__
     except ModuleNotFoundError: gradio_version = None

@@ -3,6 +3,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .checks import BinaryDigitsError
+
 __all__ = ['BinaryLoss', 'mnist_loss', 'log_loss', 'batch_accuracy']
 
 
@@ -15,10 +17,10 @@ def _flat_pair(preds:Tensor, targets:Tensor, what:str) -> tuple:
     "`preds` and `targets` both flattened to (n,), or a clear error: (n, 1) against (n,) must never broadcast to (n, n)"
     preds, targets = _plain(preds), _plain(targets)
     if preds.ndim > 2 or (preds.ndim == 2 and preds.shape[1] != 1):
-        raise ValueError(f"`{what}` expects one output per image, predictions of shape (n, 1) or (n,), got "
+        raise BinaryDigitsError(f"`{what}` expects one output per image, predictions of shape (n, 1) or (n,), got "
                          f"{tuple(preds.shape)}; give the model a final layer with one output")
     if targets.ndim > 2 or targets.numel() != (preds.shape[0] if preds.ndim else 1):
-        raise ValueError(f"`{what}` got predictions of shape {tuple(preds.shape)} and targets of shape "
+        raise BinaryDigitsError(f"`{what}` got predictions of shape {tuple(preds.shape)} and targets of shape "
                          f"{tuple(targets.shape)}: they must hold one value per image each, as (n, 1) or (n,)")
     return preds.reshape(-1), targets.reshape(-1)
 
@@ -45,7 +47,7 @@ class BinaryLoss:
         if self.reduction == 'mean': return res.mean()
         if self.reduction == 'sum': return res.sum()
         if self.reduction == 'none': return res
-        raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {self.reduction!r}")
+        raise BinaryDigitsError(f"`reduction` must be 'mean', 'sum' or 'none', got {self.reduction!r}")
     def activation(self, x:Tensor) -> Tensor: return torch.sigmoid(_plain(x))
     def decodes(self, x:Tensor) -> Tensor: return (_plain(x) > 0.5).float()
     def __repr__(self): return f'{type(self).__name__}({self.__name__})'

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import BinaryDigitsError
 from .files import atomic_path
 
 __all__ = ['read_idx', 'load_digits', 'write_mnist_png', 'SAMPLE_PATH']
@@ -27,37 +28,37 @@ def read_idx(path:str|Path) -> np.ndarray:
     opener = gzip.open if path.suffix == '.gz' else open
     try:
         with opener(path, 'rb') as f: data = f.read()
-    except (OSError, EOFError) as e: raise ValueError(f"Could not read the IDX file {path}: {e}") from e
+    except (OSError, EOFError) as e: raise BinaryDigitsError(f"Could not read the IDX file {path}: {e}") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (its first bytes are {data[:4]!r}, expected 0, 0, a type code and "
+        raise BinaryDigitsError(f"{path} is not an IDX file (its first bytes are {data[:4]!r}, expected 0, 0, a type code and "
                          "the number of dimensions)")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4+4*i:8+4*i], 'big') for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = 4 + 4*ndim + int(np.prod(shape))*dtype.itemsize
     if len(data) != expected:
-        raise ValueError(f"{path} is truncated or corrupt: its header declares shape {shape} ({expected:,} bytes) "
+        raise BinaryDigitsError(f"{path} is truncated or corrupt: its header declares shape {shape} ({expected:,} bytes) "
                          f"but the file holds {len(data):,} bytes")
     return np.frombuffer(data, dtype, offset=4+4*ndim).reshape(shape).astype(dtype.newbyteorder('='))
 
-def _idx_file(folder:Path, prefix:str, kind:str) -> Path|None:
+def idx_file(folder:Path, prefix:str, kind:str) -> Path|None:
     "The IDX file for `prefix` ('train' or 't10k') and `kind` ('images', 'labels', 'indices'), plain or .gz"
     hits = sorted(folder.glob(f'{prefix}-{kind}[-.]idx*'))
     return hits[0] if hits else None
 
 def _load_idx_split(folder:Path, split:str, digits) -> dict:
     prefix = SPLITS[split]
-    images_f, labels_f = _idx_file(folder, prefix, 'images'), _idx_file(folder, prefix, 'labels')
+    images_f, labels_f = idx_file(folder, prefix, 'images'), idx_file(folder, prefix, 'labels')
     if images_f is None or labels_f is None:
         raise FileNotFoundError(f"{folder} has no {prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz] "
                                 f"for the {split} split")
     images, labels = read_idx(images_f), read_idx(labels_f)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
-        raise ValueError(f"{images_f} holds images of shape {images.shape[1:]} and type {images.dtype}; "
+        raise BinaryDigitsError(f"{images_f} holds images of shape {images.shape[1:]} and type {images.dtype}; "
                          "MNIST images are 28x28 uint8")
     if labels.shape != images.shape[:1]:
-        raise ValueError(f"{labels_f} holds {len(labels):,} labels for the {len(images):,} images of {images_f}")
-    indices_f = _idx_file(folder, prefix, 'indices')  # the bundled sample keeps each image's index in the full file
+        raise BinaryDigitsError(f"{labels_f} holds {len(labels):,} labels for the {len(images):,} images of {images_f}")
+    indices_f = idx_file(folder, prefix, 'indices')  # the bundled sample keeps each image's index in the full file
     indices = read_idx(indices_f).astype(np.int64) if indices_f is not None else np.arange(len(images))
     res = {}
     for d in digits:
@@ -73,11 +74,11 @@ def _decode_image(fn:str) -> np.ndarray:
     try:
         with Image.open(fn) as im:
             if im.size != (28, 28):
-                raise ValueError(f"{fn} is {im.size[0]}x{im.size[1]}; MNIST images are 28x28. Remove it, or resize it to "
+                raise BinaryDigitsError(f"{fn} is {im.size[0]}x{im.size[1]}; MNIST images are 28x28. Remove it, or resize it to "
                                  "28x28 greyscale")
             return np.asarray(im if im.mode == 'L' else im.convert('L'))
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"Could not decode the image {fn} ({e}); the file is corrupt or not an image: replace or "
+        raise BinaryDigitsError(f"Could not decode the image {fn} ({e}); the file is corrupt or not an image: replace or "
                          "remove it") from e
 
 def _sort_key(name:str):
@@ -160,7 +161,7 @@ def _layout(path:Path):
     for p in (path, path/'mnist_png'):
         if (p/'training').is_dir() and (p/'testing').is_dir(): return 'png', p
     for p in (path, path/'raw', path/'MNIST'/'raw'):
-        if p.is_dir() and _idx_file(p, 'train', 'images') and _idx_file(p, 't10k', 'images'): return 'idx', p
+        if p.is_dir() and idx_file(p, 'train', 'images') and idx_file(p, 't10k', 'images'): return 'idx', p
     return None
 
 def _fastai_mnist() -> Path:
@@ -175,7 +176,7 @@ def _fastai_mnist() -> Path:
 def find_source(path:str|Path|None=None, sample:bool=False):
     "('png'|'idx', folder) for the data the caller asked for: the bundled `sample`, a `path`, or fastai's MNIST"
     if sample:
-        if path is not None: raise ValueError("Give either `sample=True` or `path=`, not both")
+        if path is not None: raise BinaryDigitsError("Give either `sample=True` or `path=`, not both")
         return 'idx', SAMPLE_PATH
     if path is None: path = _fastai_mnist()
     path = Path(path).expanduser()
@@ -195,7 +196,7 @@ def load_digits(digits, split:str='training', path:str|Path|None=None, sample:bo
 
 def load_source(source:tuple, digits, split:str='training', cache:bool=True) -> dict:
     "`load_digits` from a `source` found by `find_source`"
-    if split not in SPLITS: raise ValueError(f"`split` must be 'training' or 'testing', got {split!r}")
+    if split not in SPLITS: raise BinaryDigitsError(f"`split` must be 'training' or 'testing', got {split!r}")
     kind, root = source
     return _load_png_split(root, split, digits, cache) if kind == 'png' else _load_idx_split(root, split, digits)
 

@@ -2,12 +2,13 @@
 fit it in a 20x20 box keeping its aspect ratio (anti-aliased), and place it in 28x28 with its centre of mass at the
 centre. Pictures holding no digit (blank, one colour, pure noise) give `None`."""
 from __future__ import annotations
-from pathlib import Path
-
 import numpy as np
 from scipy import ndimage
 
-__all__ = ['prepare_digit', 'show_prepared', 'NoDigitError']
+from .checks import BinaryDigitsError
+from .images import as_pil_image
+
+__all__ = ['prepare_digit', 'NoDigitError']
 
 _WORK = 256        # pictures are reduced (box-averaged) to about this many pixels on their longer side, for speed
 _BLOCKS = 16       # the paper's colour is estimated in blocks, this many along the shorter side ...
@@ -20,60 +21,8 @@ _MAX_INK = 0.7     # nor ink covering more than this share of the picture
 MNIST_STROKE = (1.5, 2.1, 3.5)
 
 
-class NoDigitError(ValueError):
+class NoDigitError(BinaryDigitsError):
     "Raised by `learn.predict` when the image holds no digit (blank, one colour, pure noise): see `prepare_digit`"
-
-
-def load_image(o):
-    """Any image (file path, PIL image, numpy array, torch tensor; any size, greyscale, RGB or with alpha) as a PIL
-    image in mode 'L', 'LA', 'RGB' or 'RGBA', or a clear error. Files are turned upright as their EXIF data says."""
-    from PIL import Image, ImageOps
-    if isinstance(o, (str, Path)):
-        fn = Path(o).expanduser()
-        if not fn.exists(): raise FileNotFoundError(f"Image file {fn} does not exist")
-        if fn.is_dir(): raise IsADirectoryError(f"{fn} is a folder, not an image file")
-        try:
-            with Image.open(fn) as im:
-                if im.format == 'JPEG' and max(im.size) >= 2*_WORK:  # decode at 1/2, 1/4 or 1/8 of the size: fast
-                    im.draft(im.mode, tuple(n*_WORK//max(im.size) for n in im.size))
-                im.load()
-                o = ImageOps.exif_transpose(im)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise ValueError(f"Could not read the image {fn}: {e}") from e
-    if hasattr(o, 'detach') and hasattr(o, 'cpu'): o = o.detach().cpu().numpy()  # a torch tensor
-    if isinstance(o, np.ndarray): o = _array_image(o)
-    if not isinstance(o, Image.Image):
-        raise TypeError(f"Cannot make an image of a {type(o).__name__}: give a file path, a PIL image, an array or a tensor")
-    if o.mode in ('L', 'LA', 'RGB', 'RGBA'): return o
-    if o.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
-        a = np.asarray(o, dtype=np.float32)
-        return Image.fromarray(_to_uint8(a, 65535 if a.max(initial=0) > 255 else 255))
-    if o.mode == '1': return o.convert('L')
-    if o.mode == 'PA' or (o.mode == 'P' and 'transparency' in o.info): return o.convert('RGBA')
-    return o.convert('RGB')
-
-
-def _to_uint8(a:np.ndarray, top:float) -> np.ndarray:
-    "Values from 0..`top` as uint8 0..255"
-    return np.clip(np.rint(a*(255/top)), 0, 255).astype(np.uint8)
-
-
-def _array_image(o:np.ndarray):
-    "A numpy array (HxW, HxWxC, CxHxW or 784 long; uint8, ints, bools or floats in 0..1 or 0..255) as a PIL image"
-    from PIL import Image
-    a = o
-    if a.ndim == 1 and a.size == 784: a = a.reshape(28, 28)
-    if a.ndim == 3 and a.shape[0] in (1, 2, 3, 4) and a.shape[-1] not in (1, 2, 3, 4): a = a.transpose(1, 2, 0)
-    if a.ndim == 3 and a.shape[-1] == 1: a = a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (2, 3, 4)) or 0 in a.shape:
-        raise ValueError(f"An image array must be HxW, HxWxC, CxHxW (C: 1 to 4) or 784 long, got shape {o.shape}")
-    if a.dtype == bool: a = a.astype(np.uint8)*255
-    elif a.dtype != np.uint8:
-        a = a.astype(np.float32)
-        if not np.isfinite(a).all(): raise ValueError("The image array holds NaN or infinite values")
-        top = 1.0 if a.max() <= 1.0 else 65535.0 if a.max() > 255 else 255.0  # floats in 0..1, as the loaders serve them
-        a = _to_uint8(a, top)
-    return Image.fromarray(np.ascontiguousarray(a))  # 'L', 'LA', 'RGB' or 'RGBA' from the shape
 
 
 def is_prepared(a:np.ndarray) -> bool:
@@ -142,7 +91,7 @@ def ink_map(image) -> np.ndarray|None:
     there is no digit. Ink is what differs from the paper: the paper's colour is estimated from the picture itself (so dark on
     light and light on dark, coloured ink and paper, shading all work); a transparent background means ink = alpha."""
     from PIL import ImageFilter
-    im = load_image(image)
+    im = as_pil_image(image)
     if min(im.size) < 4: return None  # too small to hold a digit
     f = min(round(max(im.size)/_WORK), min(im.size)//4)
     if f > 1: im = im.reduce(f)  # box average: fast, anti-aliased
@@ -233,7 +182,7 @@ def prepare_digit(image) -> np.ndarray|None:
     """`image` (a file path, PIL image, numpy array or torch tensor; any size, colour and polarity; a transparent
     canvas) as MNIST's own images are: a 28x28 uint8 array, a light digit on black, fitted in a 20x20 box, its centre
     of mass at the centre. None when it holds no digit: blank, one colour, or pure noise."""
-    im = load_image(image)
+    im = as_pil_image(image)
     if im.size == (28, 28) and im.mode == 'L':  # one of MNIST's own images passes as it is
         a = np.array(im)
         if is_prepared(a): return a
@@ -242,26 +191,24 @@ def prepare_digit(image) -> np.ndarray|None:
     return np.rint(_centre(_fit_20(ink))*255).astype(np.uint8)
 
 
-def show_prepared(images, titles=None, ncols:int|None=None, figsize=None):
-    """Each of `images` beside the 28x28 the model sees (`prepare_digit`'s result, or 'no digit found'); returns the
-    matplotlib figure"""
-    import matplotlib.pyplot as plt
-    if isinstance(images, (str, Path)) or hasattr(images, 'mode') or hasattr(images, 'shape'): images = [images]
-    images = list(images)
-    n = len(images)
-    ncols = ncols or min(n, 3)
-    nrows = -(-n//ncols)
-    fig, axs = plt.subplots(nrows, 2*ncols, figsize=figsize or (4.4*ncols, 2.4*nrows), squeeze=False)
-    for ax in axs.flat: ax.axis('off')
-    for i, o in enumerate(images):
-        ax0, ax1 = axs[i//ncols, 2*(i % ncols)], axs[i//ncols, 2*(i % ncols)+1]
-        im = load_image(o)
-        ax0.imshow(im, cmap='gray' if im.mode in ('L', 'LA') else None)
-        ax0.set_title(titles[i] if titles is not None else (Path(o).name if isinstance(o, (str, Path)) else 'image'),
-                      fontsize=9)
-        p = prepare_digit(o)
-        if p is None: ax1.text(0.5, 0.5, 'no digit\nfound', ha='center', va='center', color='red')
-        else: ax1.imshow(p, cmap='gray', vmin=0, vmax=255)
-        ax1.set_title('what the model sees', fontsize=9)
-    fig.tight_layout()
-    return fig
+def _is_row(o) -> bool:
+    "Whether `o` is a row as the loaders serve it (784 floats), as fastai's interpretation tools pass them back"
+    return hasattr(o, 'shape') and hasattr(o, 'ndim') and o.ndim == 1 and o.shape[0] == 784
+
+
+def _resized(o) -> np.ndarray:
+    "Any image resized whole to 28x28 greyscale: for pictures that are MNIST-like already"
+    from PIL import Image
+    im = as_pil_image(o).convert('L')
+    return np.asarray(im if im.size == (28, 28) else im.resize((28, 28), Image.BILINEAR))
+
+
+def digit_images(items, prepare:bool=True) -> tuple:
+    """Each of `items` as the 28x28 uint8 image the model sees (`prepare_digit`'s, or resized whole unless `prepare`),
+    and whether a digit was found in it (the image is blank where not)"""
+    images, found = np.zeros((len(items), 28, 28), np.uint8), np.ones(len(items), bool)
+    for i, o in enumerate(items):
+        a = _resized(o) if not prepare or _is_row(o) else prepare_digit(o)
+        if a is None: found[i] = False
+        else: images[i] = a
+    return images, found

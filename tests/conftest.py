@@ -56,14 +56,10 @@ def fastai_home(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def fast_paths_on(monkeypatch):
-    """The fast paths on, on the fastai and torch installed here, whatever `compat.CHECKED` says of them: the tests
-    that check the fast paths against fastai's own check them on every version CI runs"""
-    import fastai, torch
-    from packaging.version import Version
-    from fastai_binary_digits import compat
-    for name, v in (('fastai', fastai.__version__), ('torch', torch.__version__)):
-        monkeypatch.setitem(compat.CHECKED, name, (Version(v).public,)*2)
-    compat.fast_paths_checked.cache_clear()
-    yield
-    compat.fast_paths_checked.cache_clear()
+def fast_paths_on():
+    """The tests that compare the fast paths with fastai's own need them on: fastai's code here is the code they mirror
+    (`fastai_internals.MIRRORED`); on a release that changes it, these tests are how a new fingerprint is earned"""
+    from fastai_binary_digits.fastai_internals import changed_code
+    changed = changed_code()
+    assert not changed, (f"fastai's (or torch's) {', '.join(changed)} changed: check the fast paths against it, then add "
+                         "its fingerprint (`fastai_internals.fingerprint`) to `MIRRORED`")

@@ -8,7 +8,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import num_distrib, rank_distrib
 
-from fastai_binary_digits import BinaryDigitsDataLoaders, DigitTensors, binary_learner
+from fastai_binary_digits import BinaryDigitsDataLoaders, DigitsDataset, binary_learner
 from fastai_binary_digits.distributed import distrib_ctx_if_launched
 
 N_ODD = 399  # images in a validation loader that two ranks cannot split evenly: `DistributedDL` pads it, then unpads
@@ -34,7 +34,7 @@ def run(out:Path, epochs:int=3, bs:int=64, seed:int=42, arch:str='linear', lr:fl
     rec = RecordSeen()
     learn = binary_learner(dls, arch=arch, seed=seed, lr=lr, path=out, cbs=rec)
     v = dls.valid.dataset
-    odd_dl = dls.valid.new(DigitTensors(v.x[:N_ODD], v.y[:N_ODD], v.vocab))
+    odd_dl = dls.valid.new(DigitsDataset(v.x[:N_ODD], v.y[:N_ODD], v.vocab))
     with distrib_ctx_if_launched(learn):
         t1 = time.perf_counter()
         learn.fit(epochs)

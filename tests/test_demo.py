@@ -10,7 +10,8 @@ from PIL import Image
 
 from fastai_binary_digits import BinaryDigitsDataLoaders, binary_learner, load_model_file
 from fastai_binary_digits.cli import main
-from fastai_binary_digits.demo import INSTALL, NO_DIGIT, DigitReader, check_port, demo, write_space
+from fastai_binary_digits.checks import check_port
+from fastai_binary_digits.demo import INSTALL, NO_DIGIT, DigitReader, demo, write_space
 from fastai_binary_digits.mnist import load_digits
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -137,7 +137,7 @@ def test_loaded_learner_is_inference_ready(learners, files, dls, tmp_path):
 
 @pytest.mark.parametrize('arch', list(ARCHS))
 def test_loaded_weights_are_the_models_own(arch, learners, files, dls, tmp_path):
-    "Whether built on the CPU or as a meta skeleton: every tensor real, a leaf with its own memory, trainable, exported again byte for byte"
+    "Every tensor real, on the CPU, a leaf with its own memory, trainable, and exported again byte for byte"
     learn = load_binary_learner(files[arch][0])
     own = learn.model.state_dict(keep_vars=True)
     assert not any(t.is_meta for t in own.values()) and all(t.device.type == 'cpu' for t in own.values())
@@ -156,34 +156,6 @@ def test_loaded_weights_are_the_models_own(arch, learners, files, dls, tmp_path)
     assert not torch.equal(before[first], learn.model.state_dict()[first])
     for k, t in load_binary_learner(files[arch][0]).model.state_dict().items():  # the file and its next load: unchanged
         assert torch.equal(t, before[k]), k
-
-
-def test_big_endian_machines_swap_the_bytes(files, monkeypatch):
-    "safetensors stores little-endian numbers: on a big-endian machine each tensor's bytes are swapped after reading"
-    from fastai_binary_digits import model_files
-    want = load_binary_learner(files['cnn'][0]).model.state_dict()
-    monkeypatch.setattr(model_files, '_BIG_ENDIAN', True)  # this machine is little-endian: the swap shows as swapped
-    got = load_binary_learner(files['cnn'][0]).model.state_dict()
-    for k, t in want.items():
-        as_bytes = lambda x: x.reshape(-1).view(torch.uint8)  # bitwise: a swapped float may be a NaN
-        assert torch.equal(as_bytes(got[k]), as_bytes(torch.from_numpy(t.numpy().byteswap()))), k
-        assert got[k].shape == t.shape and not torch.equal(as_bytes(got[k]), as_bytes(t)), k
-
-
-def test_a_file_cut_while_it_is_read(files, tmp_path, monkeypatch):
-    "The file shrinks between the header's checks and the reading of its tensors: a clear error, no half-read model"
-    from fastai_binary_digits import model_files
-    fn = tmp_path/'cut.safetensors'
-    fn.write_bytes(files['deep'][0].read_bytes())
-    read_header = model_files._read_header
-    def header_then_cut(fn_, f):
-        res = read_header(fn_, f)
-        with open(fn_, 'r+b') as g: g.truncate(fn_.stat().st_size - 100)
-        return res
-    monkeypatch.setattr(model_files, '_read_header', header_then_cut)
-    with pytest.raises(ValueError, match=r"Cannot load .*cut.safetensors as a safetensors model file: it was cut short "
-                                         r"while its tensor '8.weight' was read"):
-        load_binary_learner(fn)
 
 
 def test_loss_and_prepare_travel_with_the_file(tmp_path):
@@ -394,23 +366,23 @@ BROKEN = [  # (what, the file's bytes from the good file's, the error)
     ('cut in the header', lambda fn: fn.read_bytes()[:100], r"it is truncated: its header alone claims [\d,]+ bytes, "
                                                              r"but the file holds 92 after the header size"),
     ('cut in the tensors', lambda fn: fn.read_bytes()[:-10],
-     r"it is truncated: its header describes 3,140 bytes of tensors, but 3,130 follow it"),
+     r"the tensors its header describes do not fill the file: it is truncated, or other bytes follow them"),
     ('shape lies about the data', _shape_lie,
-     r"its header gives the tensor 'weight' \(F32, shape \[1, 785\], 3,140 bytes\) 3,136 bytes of data"),
+     r"its header gives a tensor a shape and data type that do not match its bytes"),
     ('header size lies', lambda fn: (2**40).to_bytes(8, 'little') + fn.read_bytes()[8:],
      r"its first 8 bytes give a header of 1,099,511,627,776 bytes, which no safetensors file has"),
     ('header not json', lambda fn: fn.read_bytes()[:8] + b'!' + fn.read_bytes()[9:],
      r"its header is not valid JSON \(Expecting value: line 1 column 1 \(char 0\)\); the file is damaged"),
     ('header a list', lambda fn: _header_bytes([1, 2]), r"its header is not a JSON object"),
     ('tensor without dtype', lambda fn: _edit_raw(fn, lambda h: h['bias'].pop('dtype')),
-     r"its header describes the tensor 'bias' as \{'shape': \[1\], 'data_offsets': \[0, 4\]\}, not with a dtype"),
+     r"its header is damaged \(invalid JSON in header: missing field `dtype`"),
     ('overlapping tensors', lambda fn: _edit_raw(fn, lambda h: h['weight'].update(data_offsets=[0, 3136])),
-     r"its header gives the tensor 'weight' the bytes 0 to 3,136, which overlap another tensor \(the file is damaged"),
+     r"its header gives a tensor bytes that overlap another tensor or do not follow the tensor before"),
     ('a gap between tensors', lambda fn: _edit_raw(fn, lambda h: h['weight'].update(
         data_offsets=[o + 4 for o in h['weight']['data_offsets']])) + bytes(4),
-     r"its header gives the tensor 'weight' the bytes [\d,]+ to [\d,]+, which do not follow the tensor before"),
+     r"its header gives a tensor bytes that overlap another tensor or do not follow the tensor before"),
     ('bytes after the tensors', lambda fn: fn.read_bytes() + b'junk',
-     r"4 bytes follow the 3,140 bytes of tensors its header describes \(two files joined"),
+     r"the tensors its header describes do not fill the file: .* other bytes follow them \(two files joined\?\)"),
     ('a text file', lambda fn: b'hello, this is not a model\n',
      r"its first 8 bytes give a header of [\d,]+ bytes, which no"),
 ]

@@ -1,5 +1,5 @@
-"""Global side effects only where the user asked: importing the package leaves the warning filters as they were, and
-its exit handler destroys only a process group that fastai's `distrib_ctx` started through the package"""
+"""Global side effects only where the user asked: importing any module of the package changes nothing of fastai's, of
+the warning filters or of the process; the process group fastai's `distrib_ctx` starts is destroyed, a user's never"""
 import subprocess, sys
 from importlib.util import find_spec
 from pathlib import Path
@@ -94,48 +94,52 @@ def test_exit_leaves_a_process_group_the_user_made(tmp_path):
     assert out.read_text() == 'True'
 
 
-@needs_gloo
-def test_only_a_group_started_through_the_package_is_torn_down(tmp_path):
+@needs_accelerate
+def test_importing_any_module_patches_and_registers_nothing():
+    "fastai's `DistributedDL`, the exit handlers, the environment and fastprogress: as they were, whatever is imported"
     p = _python(
-        "import sys, torch.distributed as dist\n"
-        "from fastai_binary_digits.distributed import noting_process_group, teardown_started\n"
-        "init = lambda name: dist.init_process_group('gloo', init_method=f'file://{sys.argv[1]}/{name}', rank=0, world_size=1)\n"
-        "with noting_process_group(): init('a')  # as Accelerate does inside fastai's `distrib_ctx`\n"
-        "teardown_started()\n"
-        "assert not dist.is_initialized()\n"
-        "init('b')  # the user's\n"
-        "with noting_process_group(): pass\n"
-        "teardown_started()\n"
-        "assert dist.is_initialized()\n"
-        "dist.destroy_process_group()\n"
-        "print('ok')\n", tmp_path)
-    assert p.stdout.strip() == 'ok'
+        "import atexit, os, importlib, pkgutil\n"
+        "import fastai.distributed, fastprogress.fastprogress as fp\n"
+        "from fastai.distributed import DistributedDL\n"
+        "before = (DistributedDL._broadcast, atexit._ncallbacks(), dict(os.environ), fp.NO_BAR, fp.ConsoleProgressBar.fill)\n"
+        "import fastai_binary_digits as pkg\n"
+        "for m in pkgutil.iter_modules(pkg.__path__): importlib.import_module(f'fastai_binary_digits.{m.name}')\n"
+        "from fastai_binary_digits import *\n"
+        "after = (DistributedDL._broadcast, atexit._ncallbacks(), dict(os.environ), fp.NO_BAR, fp.ConsoleProgressBar.fill)\n"
+        "assert before == after, (before, after)\n"
+        "print('unchanged')\n")
+    assert 'unchanged' in p.stdout
 
 
-def _first_fastai_import_comes_after_compat(fn:Path) -> bool:
-    "Whether module `fn` imports `.compat` before its first top-level `fastai` import (or imports no fastai at the top)"
-    import ast
-    for node in ast.parse(fn.read_text()).body:
-        if isinstance(node, ast.ImportFrom) and node.level == 1 and (node.module == 'compat' or
-                                                                     any(a.name == 'compat' for a in node.names)):
-            return True
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ''] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-        if any(n == 'fastai' or n.startswith('fastai.') for n in names): return False
-    return True
+def test_a_submodule_imported_first_works():
+    "`from fastai_binary_digits.scratch import *` before anything else, as the README shows"
+    p = _python("from fastai_binary_digits.scratch import *\n"
+                "from fastai_binary_digits.learner import binary_learner\n"
+                "print(init_params((3, 1)).shape)\n")
+    assert 'torch.Size([3, 1])' in p.stdout
 
 
-def test_every_module_imports_fastai_through_compat():
-    "Whichever module of the package a user imports first, fastai's import-time warning is hidden (by `compat`)"
-    pkg = ROOT/'fastai_binary_digits'
-    late = [fn.name for fn in sorted(pkg.glob('*.py')) if fn.name != 'compat.py'
-            and not _first_fastai_import_comes_after_compat(fn)]
-    assert late == [], f"these modules import fastai before `.compat`: {late}"
-
-
-def test_a_submodule_imported_first_shows_no_fastai_warning():
-    "`from fastai_binary_digits.scratch import *`, as the README shows, before anything else: no warning from fastai"
-    p = _python("import warnings; warnings.simplefilter('default')\n"
-                "from fastai_binary_digits.scratch import *\n"
-                "from fastai_binary_digits.learner import binary_learner\n")
-    assert JIT not in p.stderr
+@needs_accelerate
+@needs_gloo
+def test_exit_destroys_the_group_fastais_distrib_ctx_started(tmp_path):
+    "A group started inside `learn.distrib_ctx()` (as Accelerate does) is destroyed at exit, not left to gloo's threads"
+    out = tmp_path/'after_exit.txt'
+    _python(
+        "import atexit, sys, torch.distributed as dist\n"
+        "from contextlib import contextmanager\n"
+        "from pathlib import Path\n"
+        "from fastai.learner import Learner\n"
+        "import fastai.distributed\n"
+        "out, store = Path(sys.argv[1]), sys.argv[2]\n"
+        "atexit.register(lambda: out.write_text(str(dist.is_initialized())))  # runs after the package's handler\n"
+        "@contextmanager\n"
+        "def accelerate_like(self, *args, **kwargs):  # starts a group and leaves it up, as fastai's does\n"
+        "    dist.init_process_group('gloo', init_method=f'file://{store}', rank=0, world_size=1)\n"
+        "    yield self\n"
+        "Learner.distrib_ctx = accelerate_like\n"
+        "from fastai_binary_digits import *\n"
+        "learn = binary_learner(BinaryDigitsDataLoaders.from_mnist(pair=(4, 8), sample=True, seed=0))\n"
+        "with learn.distrib_ctx(cpu=True): pass\n"
+        "assert dist.is_initialized()  # fastai leaves it up after the context, so that it can still gather\n",
+        out, tmp_path/'store')
+    assert out.read_text() == 'False'

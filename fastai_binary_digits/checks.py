@@ -1,0 +1,68 @@
+"Checks of a user's arguments, shared by the Python API and the command line: no torch or fastai needed to run them"
+from __future__ import annotations
+import numbers
+
+__all__ = ['BinaryDigitsError', 'ARCH_NAMES', 'check_pair', 'check_prepare', 'check_bs', 'check_device', 'check_port']
+
+ARCH_NAMES = ('linear', 'simple', 'deep', 'cnn')  # the built-in architectures, in `models.ARCHS`' order
+
+
+class BinaryDigitsError(ValueError):
+    "A user's mistake or a bad input, with a message that says what was wrong and what to do"
+
+
+def check_pair(pair) -> tuple:
+    "`pair` as a tuple of two distinct ints 0-9, or a clear error (a string such as '37', booleans and 3.5 are refused)"
+    msg = f"`pair` must be two distinct digits 0-9, such as (4, 8), got {pair!r}"
+    if isinstance(pair, (str, bytes)): raise BinaryDigitsError(f"{msg}: a string, not two numbers; write (3, 7), not '37'")
+    try: (x, y), (a, b) = pair, (int(d) for d in pair)
+    except (TypeError, ValueError): raise BinaryDigitsError(msg) from None
+    if any(type(d).__name__ in ('bool', 'bool_') for d in (x, y)):  # Python's and numpy's booleans
+        raise BinaryDigitsError(f"{msg}: True and False are not digits")
+    if a == b or not (0 <= a <= 9 and 0 <= b <= 9) or x != a or y != b: raise BinaryDigitsError(msg)
+    return a, b
+
+
+def check_prepare(prepare) -> bool:
+    "`prepare` if it is a bool, or a clear error"
+    if type(prepare).__name__ not in ('bool', 'bool_'):
+        raise TypeError(f"`prepare` must be True (make images look like MNIST's with `prepare_digit`) or False (images "
+                        f"are already 28x28 light-on-dark digits), got {prepare!r}")
+    return bool(prepare)
+
+
+def check_bs(bs) -> int:
+    "`bs` if it is a whole number of at least 1, or a clear error"
+    if not isinstance(bs, numbers.Integral) or isinstance(bs, bool) or bs < 1:
+        raise BinaryDigitsError(f"`bs` must be a whole number of at least 1, got {bs!r}")
+    return int(bs)
+
+
+def check_device(device):
+    "`device` (or fastai's `default_device()` when None) as a `torch.device` that this machine has, or a clear error"
+    import torch
+    from fastai.torch_core import default_device
+    if device is None: return default_device()
+    try: device = torch.device(device)
+    except (RuntimeError, TypeError) as e: raise BinaryDigitsError(f"`device` {device!r} is not a device name: {e}") from e
+    if device.type == 'cuda':
+        n = torch.cuda.device_count()
+        if n == 0: raise BinaryDigitsError(f"`device` {device} asked for a GPU, but this machine has none that PyTorch "
+                                           "can use; use device='cpu' (or leave it out for fastai's default_device())")
+        if (device.index or 0) >= n: raise BinaryDigitsError(f"`device` {device} does not exist: this machine has {n} GPU(s)")
+    elif device.type == 'mps' and not torch.backends.mps.is_available():
+        raise BinaryDigitsError(f"`device` {device} is not available on this machine; use device='cpu'")
+    return device
+
+
+def check_port(host:str, port:int):
+    "A clear error when `port` on `host` is taken, rather than Gradio's search for another"
+    import socket
+    if not (isinstance(port, int) and 0 < port < 65536):
+        raise BinaryDigitsError(f"`port` must be a whole number from 1 to 65535, got {port!r}")
+    with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: only a listener blocks it
+        try: s.bind((host, port))
+        except OSError as e:
+            raise BinaryDigitsError(f"Port {port} on {host} is not free ({e.strerror}); choose another port with "
+                                    "`--port` (Python: `port=`)") from None

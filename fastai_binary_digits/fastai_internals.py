@@ -34,6 +34,8 @@ MIRRORED = {  # name -> the fingerprints checked; add one after `tests/test_fast
     'fastai.learner.Learner._call_one': {'bbb59ee613f6'},
     'fastai.learner.Learner.__call__': {'bc5cea7f7d5a'},
     'fastai.learner.Learner.all_batches': {'330ddb4e6d85'},
+    'fastai.learner.Learner._set_device': {'7779bd23e6ba'},
+    'fastai.torch_core.to_device': {'449306b53ebc'},
     'fastai.callback.core.Callback.__call__': {'5d2aa05f075b'},
     'fastai.torch_core.getcallable': {'7a7513adeeb4'},
     'fastcore.basics.GetAttr.__getattr__': {'672162949d44'},
@@ -158,6 +160,11 @@ def call_event(learn, event_name:str):
         learner_misses = None
 
 
+def _on(b, device) -> bool:
+    "Whether batch `b` is plain tensors already on `device`, so that fastai's `to_device` would return it as it is"
+    return type(b) is tuple and all(type(o) is Tensor and o.device == device for o in b) and defaults.use_cuda != False
+
+
 _fastai_loaders = ContextVar('fastai_loaders', default=False)  # True while a `fast=False` learner runs its loaders
 
 
@@ -180,6 +187,11 @@ class FastLearner(Learner):
     def _call_one(self, event_name:str):
         if self._fast() and type(self.cbs) is L: call_event(self, event_name)
         else: super()._call_one(event_name)
+
+    def _set_device(self, b):
+        "fastai's `_set_device` sends `b` where the model is (both its branches), which is where our batches already are"
+        if self._fast() and _on(b, next(self.model.parameters()).device): return b
+        return super()._set_device(b)
 
     def all_batches(self):
         "fastai's `all_batches`; a `fast=False` learner's loaders iterate as fastai's own"
@@ -233,11 +245,6 @@ class DigitsDataset:
         "The rows as `(x, y)` items, as fastai's `Interpretation` reads them to rebuild a `test_dl`"
         return list(zip(self.x, self.y)) if self.y is not None else list(self.x)
     def __repr__(self): return f'{type(self).__name__}({len(self)} images of digits {list(self.vocab)})'
-
-
-def _on(b, device) -> bool:
-    "Whether batch `b` is plain tensors already on `device`, so that fastai's `to_device` would return it as it is"
-    return type(b) is tuple and all(type(o) is Tensor and o.device == device for o in b) and defaults.use_cuda != False
 
 
 class BinaryDigitsDL(TfmdDL):

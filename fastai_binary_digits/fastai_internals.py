@@ -4,6 +4,7 @@ tensors, the CPU fix of `DistributedDL`, and the guard that turns the fast paths
 the code they were checked against (`tests/test_fast_paths*.py`)."""
 from __future__ import annotations
 import hashlib, inspect, io, textwrap, tokenize, warnings
+from pkgutil import resolve_name
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import cache, lru_cache
@@ -59,23 +60,11 @@ def fingerprint(f) -> str:
     return hashlib.sha1(code.encode()).hexdigest()[:12]
 
 
-def _resolve(name:str):
-    "The object a dotted `name` names (its module is the longest prefix that imports)"
-    from importlib import import_module
-    parts = name.split('.')
-    for i in range(len(parts)-1, 0, -1):
-        try: o = import_module('.'.join(parts[:i]))
-        except ImportError: continue
-        for a in parts[i:]: o = getattr(o, a)
-        return o
-    raise ImportError(name)
-
-
 def changed_code() -> list:
     "The names in `MIRRORED` whose code differs from every fingerprint checked (or cannot be read)"
     res = []
     for name, ok in MIRRORED.items():
-        try: same = fingerprint(_resolve(name)) in ok
+        try: same = fingerprint(resolve_name(name)) in ok
         except (ImportError, AttributeError, OSError, TypeError): same = False
         if not same: res.append(name)
     return res

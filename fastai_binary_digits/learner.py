@@ -128,9 +128,7 @@ def _empty_dls(pair:tuple, prepare:bool, path:Path, device) -> BinaryDigitsDataL
 def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
     """The inference-ready learner in the safe model file `fname` (written by `learn.export('model.safetensors')`):
     nothing in the file is run; every fact and tensor is checked first. On the CPU, or fastai's default device"""
-    facts, tensors = read_model_file(fname)
-    model = ARCHS[facts['arch']]()
-    model.load_state_dict(tensors)
+    facts, model = read_model_file(fname)
     device = torch.device('cpu') if cpu else default_device()
     model.to(device).eval()
     dls = _empty_dls(facts['pair'], facts['prepare'], Path(fname).expanduser().parent, device)

@@ -112,9 +112,14 @@ def _content_error(fn:Path, what:str) -> BinaryDigitsError:
     return BinaryDigitsError(f"Cannot load {fn} as a safetensors model file: {what}")
 
 
+def _looks_safe(head:bytes) -> bool:
+    "Whether a file's first 9 bytes start a safetensors file: a header size, then the JSON header"
+    return head[8:9] == b'{' and int.from_bytes(head[:8], 'little') <= MAX_HEADER
+
+
 def _refuse_pickles(fn:Path, head:bytes):
     "A clear error when `head`, a file's first bytes, start a zip archive (`torch.save`) or a pickle (protocols 2-5)"
-    if head[8:9] == b'{' and int.from_bytes(head[:8], 'little') <= MAX_HEADER: return  # a header size, then JSON
+    if _looks_safe(head): return
     if head.startswith(b'PK\x03\x04') or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
         kind = "a zip archive, as `torch.save` and fastai's `learn.export` write" if head[:1] == b'P' else 'a pickle'
         raise _content_error(fn, f"it holds {kind} (a pickle, which can run code when loaded, so it is never opened "
@@ -180,29 +185,22 @@ def _read_metadata(fn:Path, meta) -> dict:
     return dict(pair=pair, arch=arch, loss=LOSSES[loss], prepare=prepare == 'true')
 
 
-_DTYPE_NAMES = {'float32': 'F32', 'float64': 'F64', 'float16': 'F16', 'bfloat16': 'BF16', 'int64': 'I64',
-                'int32': 'I32', 'int16': 'I16', 'int8': 'I8', 'uint8': 'U8', 'bool': 'BOOL'}  # safetensors' names
-
-
-def _check_tensors(fn:Path, tensors:dict, arch:str):
-    "Each tensor of `arch`, with its shape and dtype, and no other"
-    ref = ARCHS[arch]().state_dict()
-    missing, extra = [k for k in ref if k not in tensors], sorted(set(tensors) - set(ref))
-    if missing: raise _content_error(fn, f"the {arch!r} architecture needs the tensor(s) {', '.join(missing)}, "
-                                         "missing from the file")
-    if extra: raise _content_error(fn, f"it holds tensor(s) {', '.join(extra)} that the {arch!r} architecture does not have")
-    name = lambda t: _DTYPE_NAMES.get(str(t.dtype).removeprefix('torch.'), str(t.dtype))
-    for k, r in ref.items():
-        t = tensors[k]
-        if t.shape != r.shape:
-            raise _content_error(fn, f"its tensor {k!r} has shape {list(t.shape)}; the {arch!r} architecture needs "
-                                     f"{list(r.shape)}")
-        if t.dtype != r.dtype: raise _content_error(fn, f"its tensor {k!r} is {name(t)}; the {arch!r} architecture needs {name(r)}")
+def _model(fn:Path, arch:str, tensors:dict) -> nn.Module:
+    "A fresh `arch` holding `tensors`, which must be its own: each one, and no other, of its shape and dtype"
+    model = ARCHS[arch]()
+    for k, t in model.state_dict().items():
+        if k in tensors and tensors[k].dtype != t.dtype:  # (`load_state_dict` would convert it)
+            raise _content_error(fn, f"its tensor {k!r} is {tensors[k].dtype}; the {arch!r} architecture needs {t.dtype}")
+    try: model.load_state_dict(tensors)
+    except RuntimeError as e:  # PyTorch names each missing, extra and misshapen tensor
+        why = ' '.join(str(e).split('\n')[1:]).replace('\t', '').strip()
+        raise _content_error(fn, f"its tensors are not those of the {arch!r} architecture: {why}") from None
+    return model
 
 
 def read_model_file(fname:str|Path) -> tuple:
-    """The facts (`pair`, `arch`, `loss`, `prepare`) and the weights (a state dict) in the safe model file `fname`, each
-    checked before it is used: a pickle under a '.safetensors' name is refused unopened, never unpickled"""
+    """The facts (`pair`, `arch`, `loss`, `prepare`) and the model in the safe model file `fname`, each checked before
+    it is used: a pickle under a '.safetensors' name is refused unopened, never unpickled"""
     fn = existing_model_file(fname)
     if fn.suffix.lower() != SAFE_SUFFIX:
         raise BinaryDigitsError(f"{fn} does not end in '.safetensors': `load_binary_learner` reads only the safe "
@@ -210,19 +208,17 @@ def read_model_file(fname:str|Path) -> tuple:
     data = fn.read_bytes()
     _refuse_pickles(fn, data[:9])
     facts = _read_metadata(fn, _header(fn, data).get('__metadata__'))
-    tensors = _tensors(fn, data)
-    _check_tensors(fn, tensors, facts['arch'])
-    return facts, tensors
+    return facts, _model(fn, facts['arch'], _tensors(fn, data))
 
 
 def load_pickle(fname:str|Path, cpu:bool=True):
     "fastai's `load_learner`, its warning shown; a clear error when the file is not a learner of two digits"
     from fastai.learner import Learner, load_learner
     fn = existing_model_file(fname)
-    with open(fn, 'rb') as f: head = f.read(9)
-    if len(head) == 9 and head[8:] == b'{' and int.from_bytes(head[:8], 'little') < MAX_HEADER:
-        raise BinaryDigitsError(f"{fn} is a safetensors file, not a pickle: rename it to "
-                                f"{fn.with_suffix(SAFE_SUFFIX).name} and it loads safely")
+    with open(fn, 'rb') as f:
+        if _looks_safe(f.read(9)):
+            raise BinaryDigitsError(f"{fn} is a safetensors file, not a pickle: rename it to "
+                                    f"{fn.with_suffix(SAFE_SUFFIX).name} and it loads safely")
     try: learn = load_learner(fn, cpu=cpu)  # fastai warns that pickles can run code: never hidden
     except Exception as e:
         raise BinaryDigitsError(f"Could not load the model {fn} ({type(e).__name__}: {e}); give a learner exported by "

@@ -300,12 +300,13 @@ def _meta(**kw):
 
 LIES = [  # (what, edit of the tensors `t` and metadata `m`, the error)
     ('wrong shape', lambda t, m: t.update(weight=t['weight'].reshape(784, 1)),
-     r"its tensor 'weight' has shape \[784, 1\]; the 'linear' architecture needs \[1, 784\]"),
-    ('missing tensor', lambda t, m: t.pop('bias'), r"the 'linear' architecture needs the tensor\(s\) bias, missing"),
+     r"its tensors are not those of the 'linear' architecture: size mismatch for weight: copying a param with shape "
+     r"torch.Size\(\[784, 1\]\) from checkpoint, the shape in current model is torch.Size\(\[1, 784\]\)"),
+    ('missing tensor', lambda t, m: t.pop('bias'), r"its tensors are not those of the 'linear' architecture: Missing key\(s\) in state_dict: \"bias\""),
     ('extra tensor', lambda t, m: t.update(backdoor=torch.zeros(3)),
-     r"it holds tensor\(s\) backdoor that the 'linear' architecture does not have"),
+     r"its tensors are not those of the 'linear' architecture: Unexpected key\(s\) in state_dict: \"backdoor\""),
     ('wrong dtype', lambda t, m: t.update(weight=t['weight'].double()),
-     r"its tensor 'weight' is F64; the 'linear' architecture needs F32"),
+     r"its tensor 'weight' is torch.float64; the 'linear' architecture needs torch.float32"),
     ('newer format version', _meta(format_version='2', package_version='9.0'),
      r"it is format version 2, written by a newer fastai_binary_digits \(9.0\); this one \(.*\) reads up to version 1: "
      r"upgrade the package"),
@@ -314,7 +315,7 @@ LIES = [  # (what, edit of the tensors `t` and metadata `m`, the error)
     ('no format version', _meta(format_version=None), r"its format version is None"),
     ('unknown arch', _meta(arch='resnet'),
      r"its architecture \(`arch`\) is 'resnet'; this package knows linear, simple, deep, cnn"),
-    ('arch the weights are not', _meta(arch='cnn'), r"the 'cnn' architecture needs the tensor\(s\) 1.0.weight"),
+    ('arch the weights are not', _meta(arch='cnn'), r"its tensors are not those of the 'cnn' architecture: Missing key\(s\) in state_dict: \"1.0.weight\""),
     ('unknown loss', _meta(loss='mse'), r"its `loss` is 'mse'; this package knows mnist_loss, log_loss"),
     ('same digits', _meta(pair='[4, 4]'), r"its `pair` is '\[4, 4\]'; expected two distinct digits"),
     ('pair not json', _meta(pair='four and eight'), r"its `pair` is 'four and eight'"),
@@ -402,7 +403,9 @@ def test_the_command_line_names_the_lie(files, images, tmp_path, capsys):
     assert main(['predict', str(tmp_path/'lying.safetensors'), images[0]]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [f"error: Cannot load {tmp_path/'lying.safetensors'} as a safetensors model file: its "
-                                "tensor 'weight' has shape [784, 1]; the 'linear' architecture needs [1, 784]"]
+                                "tensors are not those of the 'linear' architecture: size mismatch for weight: copying a "
+                                "param with shape torch.Size([784, 1]) from checkpoint, the shape in current model is "
+                                "torch.Size([1, 784])."]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -67,8 +67,8 @@ class BinaryLearner(FastLearner):
         if not bool(getattr(dl, 'found', (True,))[0]):
             raise NoDigitError("No digit found in the image: it looks blank, one colour, noise, or a mark too small to "
                                "be a digit. Give a picture of one digit (see `prepare_digit` and `show_prepared`)")
-        if not bool(getattr(dl, 'in_pair', (True,))[0]): raise _not_in_pair(self.dls.vocab, self.pair_check,
-                                                                                 float(dl.other_probs[0]))
+        if not bool(getattr(dl, 'in_pair', (True,))[0]):
+            raise _not_in_pair(self.dls.vocab, self.pair_check, float(dl.other_probs[0]))
         inp, preds, _, dec_preds = self.get_preds(dl=dl, with_input=True, with_decoded=True)
         dec = self.dls.decode_batch((inp, dec_preds))[0]  # as fastai's, for one input
         res = dec[1], dec_preds[0], preds[0]

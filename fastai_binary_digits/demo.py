@@ -3,7 +3,7 @@ showing the 28x28 picture the model received. Local and offline unless asked oth
 The canvas is the page's own (a plain HTML canvas): each stroke sends its points, a few hundred bytes, and the server
 draws them again, so an answer costs one small request through Gradio's queue."""
 from __future__ import annotations
-import hashlib, io, math, os, shutil, sys, tempfile
+import contextlib, hashlib, io, math, os, shutil, sys, tempfile, threading, time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -168,8 +168,25 @@ clear.addEventListener('click', (e) => {{ if (e.detail === 0) wipe(); }});  // t
 
 class _Answers:
     "What the page's events run: the learner's answer to a drawing or an upload, as the page shows it"
-    def __init__(self, gr, learn):
-        self.gr, self.read, self.folder = gr, DigitReader(learn), None
+    def __init__(self, gr, learn, delete_cache:tuple|None):
+        self.gr, self.read, self.folder, self.app = gr, DigitReader(learn), None, None
+        self.life, self.tidied, self.tidying = delete_cache, time.monotonic(), threading.Lock()
+
+    def tidy(self):
+        """Delete the app's temporary files (uploads, pictures) older than `delete_cache`'s age plus its period, at
+        most once a period: Gradio's own deleting stops for good once a request adds a file while it runs, so under
+        load this does its work (it walks copies of Gradio's sets, and finds nothing to do while Gradio's runs)"""
+        if self.life is None or self.app is None or time.monotonic() - self.tidied < self.life[0]: return
+        if not self.tidying.acquire(blocking=False): return
+        try:
+            self.tidied, cutoff = time.monotonic(), time.time() - sum(self.life)
+            keep = set().union(*(getattr(b, 'keep_in_cache', ()) for b in self.app.blocks.values()))
+            for files in self.app.temp_file_sets:
+                for fn in set(files) - keep:  # a copy: other requests add files meanwhile
+                    with contextlib.suppress(OSError):
+                        if os.lstat(fn).st_ctime < cutoff: os.remove(fn)
+                    if not os.path.lexists(fn): files.discard(fn)
+        finally: self.tidying.release()
 
     def show(self, r:Reading) -> tuple:
         "The probabilities (or what stands for them) and the 28x28 picture's file in Gradio's cache"
@@ -181,6 +198,7 @@ class _Answers:
 
     def draw(self, strokes):
         "The answer to the canvas's strokes (the pad's value)"
+        self.tidy()
         if strokes == []: return None, None  # a cleared canvas: nothing drawn, nothing claimed
         try: image = strokes_image(strokes)
         except BinaryDigitsError as e: _refuse(self.gr, 'a drawing', e)
@@ -188,6 +206,7 @@ class _Answers:
 
     def predict(self, file:dict|None):
         "The answer to an uploaded file (Gradio's `FileData`, checked to be in its upload folder), or why there is none"
+        self.tidy()
         if file is None: return None, None
         fn = file['path']
         try: return self.show(self.read(as_pil_image(fn)))
@@ -199,7 +218,7 @@ def demo_app(learn, title:str|None=None, delete_cache:tuple|None=CACHE_LIFE) -> 
     none) and the 28x28 input; every request goes through Gradio's bounded queue. `delete_cache`: Gradio's (every,
     age) in seconds for deleting the page's uploads and pictures (None: kept until the server stops)"""
     gr = import_gradio()
-    answers = _Answers(gr, learn)
+    answers = _Answers(gr, learn, delete_cache)
     a, b = answers.read.vocab
     title = title or f'Draw a {a} or a {b}'
     limit = ("it says so when it is shown another digit." if getattr(learn, 'pair_check', None) is not None
@@ -226,6 +245,7 @@ def demo_app(learn, title:str|None=None, delete_cache:tuple|None=CACHE_LIFE) -> 
         # the API's one endpoint, `/predict`: an image file in, the probabilities and the 28x28 picture out. The file
         # as Gradio stored it: `gr.File`'s own preprocessing leaves an empty temporary file behind on every upload
         upload.upload(answers.predict, upload, outputs, api_name='predict', show_progress='hidden', preprocess=False)
+    answers.app = app
     return app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=WORKERS, api_open=False)
 
 

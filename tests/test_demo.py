@@ -527,3 +527,19 @@ def test_strokes_are_drawn_again_as_the_canvas_showed_them():
                        ([[1, float('inf')]], 'finite numbers'), ([[True, 1]], 'finite numbers'), ([['1', 1]], 'finite'),
                        ([[0, 0]*(MAX_POINTS + 1)], f'at most {MAX_POINTS} points')):
         with pytest.raises(BinaryDigitsError, match=match): strokes_image(bad)
+
+
+def test_the_page_deletes_its_old_temporary_files_itself(models, tmp_path):
+    "What Gradio's `delete_cache` would do, done by the page's requests too (Gradio's own deleting stops under load)"
+    from types import SimpleNamespace
+    from fastai_binary_digits.demo import _Answers
+    files = [tmp_path/f'{i}.png' for i in range(4)]
+    for f in files: f.write_bytes(b'x')
+    uploads, pictures = {str(files[0]), str(files[1])}, {str(files[2]), str(files[3]), str(tmp_path/'gone.png')}
+    example = SimpleNamespace(keep_in_cache={str(files[3])})  # a file a component keeps (Gradio's examples)
+    answers = _Answers(None, load_model_file(models[0, 1]), delete_cache=(0, 0))
+    answers.app = SimpleNamespace(temp_file_sets=[uploads, pictures], blocks={1: example})
+    time.sleep(0.01)
+    answers.tidy()
+    assert [f.exists() for f in files] == [False, False, False, True]
+    assert not uploads and pictures == {str(files[3])}  # Gradio's sets forget what is gone: they do not grow

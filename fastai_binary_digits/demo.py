@@ -37,9 +37,14 @@ def neither(vocab) -> str:
 
 
 def import_gradio():
-    "Gradio, with its analytics off unless the user turned them on; or a one-line error saying how to install it"
+    """Gradio, with its analytics off and its queue's bookkeeping light unless the user chose otherwise; or a one-line
+    error saying how to install it"""
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # no analytics and no version check from the demo
     os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
+    # Gradio's queue sums up its last events in a pandas table after every event, for its monitoring page: 20 ms at
+    # its default 10,000 events, a fifth of a core for a class drawing. The last 1,000, summed up every 100 events:
+    os.environ.setdefault('GRADIO_ANALYTICS_MAX_EVENTS', '1000')
+    os.environ.setdefault('GRADIO_ANALYTICS_CACHE_FREQUENCY', '100')
     try: import gradio
     except ModuleNotFoundError as e:
         if e.name != 'gradio': raise

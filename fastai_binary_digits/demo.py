@@ -257,7 +257,8 @@ def demo_app(learn, title:str|None=None, delete_cache:tuple|None=CACHE_LIFE) -> 
 def demo(learn, port:int|None=None, share:bool=False, host:str='127.0.0.1', delete_cache:tuple|None=CACHE_LIFE,
          **kwargs) -> 'gradio.Blocks':
     """Serve the page for `learn` at http://`host`:`port` (default: the first free port from 7860) and return the
-    Gradio app: inline in Jupyter; from a script it serves until interrupted. `kwargs` go to Gradio's `launch`"""
+    Gradio app: inline in Jupyter; from a script it serves until interrupted. `delete_cache` as in `demo_app`;
+    `kwargs` go to Gradio's `launch` (uploads are limited to `MAX_UPLOAD` unless `max_file_size` says otherwise)"""
     gr = import_gradio()
     app = demo_app(learn, delete_cache=delete_cache)
     if port is not None: check_port(host, port)

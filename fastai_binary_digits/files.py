@@ -22,7 +22,8 @@ def _check_regular(fn:Path, mode:int, what:str):
     if stat.S_ISDIR(mode): raise IsADirectoryError(f"{fn} is a folder, not {_a(what)}")
     if not stat.S_ISREG(mode):
         kind = _NOT_REGULAR.get(stat.S_IFMT(mode), 'not a regular file')
-        raise BinaryDigitsError(f"{fn} is {kind}, not {_a(what)}: give a regular file (reading this one might never end)")
+        raise BinaryDigitsError(f"{fn} is {kind}, not {_a(what)}: give a regular file (reading this one might never "
+                                "end)")
 
 
 def open_regular(fn:str|Path, what:str='file') -> BinaryIO:

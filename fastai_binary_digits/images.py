@@ -61,8 +61,8 @@ def _open(fn:Path):
             raise BinaryDigitsError(f"Could not read the image {fn}: it is not a picture in a format read here "
                                     f"({', '.join(FORMATS)})") from None
         except Image.DecompressionBombError as e:
-            raise BinaryDigitsError(f"Could not read the image {fn}: it is larger than {MAX_PIXELS/1e6:.0f} megapixels, "
-                                    f"the most read here ({e})") from None
+            raise BinaryDigitsError(f"Could not read the image {fn}: it is larger than {MAX_PIXELS/1e6:.0f} "
+                                    f"megapixels, the most read here ({e})") from None
         except Exception as e:  # PIL's decoders raise many kinds of errors on damaged files: each one is this file's
             raise BinaryDigitsError(f"Could not read the image {fn} ({type(e).__name__}: {e}); the file is damaged, "
                                     "or not a picture") from e

@@ -124,7 +124,7 @@ def _sha256(images:torch.Tensor, indices:torch.Tensor) -> str:
 
 def _read_cache(fn:Path, fingerprint:str):
     "The cached `(images, indices)` if `fn` holds an intact cache of this `fingerprint`, else None"
-    if not fn.exists(): return None
+    if not fn.is_file(): return None  # (never a FIFO: reading one would wait for a writer)
     try:
         c = torch.load(fn, weights_only=True)
         if c.get('format') != _CACHE_FORMAT or c.get('fingerprint') != fingerprint: return None  # stale: rebuilt

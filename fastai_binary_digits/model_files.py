@@ -100,7 +100,7 @@ def content_sha256(tensors:dict, metadata:dict) -> str:
 
 
 def file_size(arch:str, suffix:str=SAFE_SUFFIX) -> int:
-    "At most how many bytes the model file of a learner of the built-in `arch` takes: its tensors and what goes with them"
+    "At most how many bytes the model file of a learner of the built-in `arch` takes: its tensors, and what goes along"
     with torch.device('meta'): model = ARCHS[arch]()  # a skeleton: shapes and types, no data
     data = sum(t.numel()*t.element_size() for t in model.state_dict().values())
     return data + (64_000 if suffix.lower() == PICKLE_SUFFIX else 16_000)  # fastai's pickle of a learner; the header
@@ -185,7 +185,8 @@ def _strict_json(fn:Path, text:str|bytes):
         return int(s)
     try:
         if isinstance(text, bytes): text = text.decode('utf-8')  # safetensors' headers are UTF-8, nothing else
-        return json.loads(text, object_pairs_hook=no_duplicates, parse_int=whole, parse_float=whole, parse_constant=whole)
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_int=whole, parse_float=whole,
+                          parse_constant=whole)
     except BinaryDigitsError: raise
     except RecursionError:
         raise _content_error(fn, "its header nests lists or objects too deeply to read (a safetensors header nests "
@@ -199,8 +200,9 @@ def _header(fn:Path, data:bytes) -> dict:
     if len(data) < 8: raise _content_error(fn, f"it is {len(data)} bytes long, too short for the 8-byte header size "
                                                 "(truncated or empty); export it again")
     n = int.from_bytes(data[:8], 'little')
-    if n > MAX_HEADER: raise _content_error(fn, f"its first 8 bytes give a header of {n:,} bytes; a model file's header "
-                                                 f"is a few KB (at most {MAX_HEADER:,} bytes): is it another kind of file?")
+    if n > MAX_HEADER:
+        raise _content_error(fn, f"its first 8 bytes give a header of {n:,} bytes; a model file's header is a few KB "
+                                 f"(at most {MAX_HEADER:,} bytes): is it another kind of file?")
     if 8 + n > len(data): raise _content_error(fn, f"it is truncated: its header alone claims {n:,} bytes, but the "
                                                     f"file holds {len(data) - 8:,} after the header size; export it again")
     header = _strict_json(fn, data[8:8+n])
@@ -220,16 +222,16 @@ def _tensors(fn:Path, data:bytes) -> dict:
 
 
 def _metadata(fn:Path, header:dict) -> dict:
-    "The metadata of a model file's `header`, a JSON object of strings as safetensors requires (empty when there is none)"
+    "The metadata of a model file's `header`: a JSON object of strings, as safetensors requires (or none: empty)"
     meta = header.get('__metadata__', {})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise _content_error(fn, "its `__metadata__` is not a JSON object of strings, as safetensors requires: the file "
-                                 "is damaged; export it again")
+        raise _content_error(fn, "its `__metadata__` is not a JSON object of strings, as safetensors requires: the "
+                                 "file is damaged; export it again")
     return meta
 
 
 def _check_sha256(fn:Path, meta:dict, tensors:dict):
-    "A clear error when the content's checksum is not the one written with it (a file written before checksums has none)"
+    "A clear error when the content's checksum is not the one written with it (files written before checksums: none)"
     if 'sha256' in meta and meta['sha256'] != content_sha256(tensors, meta):
         raise _content_error(fn, "its content does not match its checksum (sha256): a byte of it was changed since it "
                                  "was written (a damaged disk or copy?); export it again")

@@ -204,7 +204,7 @@ def _resized(o) -> np.ndarray:
 
 
 def digit_image(o, prepare:bool=True) -> np.ndarray|None:
-    "`o` as the 28x28 uint8 image the model sees (`prepare_digit`'s, or resized whole unless `prepare`), None if no digit"
+    "`o` as the 28x28 uint8 image the model sees (`prepare_digit`'s, or resized whole unless `prepare`); None: no digit"
     return _resized(o) if not prepare or _is_row(o) else prepare_digit(o)
 
 

@@ -54,7 +54,8 @@ BOMBS = [  # (name, bytes, message): each refused from its header, naming the li
     ('strip.png', lambda: png_header(4, 40_000_000),
      r"The image .*strip.png is 4x40,000,000 pixels \(160 megapixels\): images of up to 50 megapixels are read; "
      r"shrink it, or crop it around the digit"),
-    ('big16.png', lambda: png_header(13_000, 13_000, 16), r"is 13,000x13,000 pixels \(169 megapixels\): images of up to 50"),
+    ('big16.png', lambda: png_header(13_000, 13_000, 16),
+     r"is 13,000x13,000 pixels \(169 megapixels\): images of up to 50"),
     ('photo.jpg', lambda: jpeg_of_size(9_000, 9_000), r"is 9,000x9,000 pixels \(81 megapixels\)"),
     ('thin.jpg', lambda: jpeg_of_size(1, 600),
      r"The image .*thin.jpg is 1x600 pixels, a strip: a picture of a digit is at most 50 times longer than wide "
@@ -73,7 +74,8 @@ def test_too_large_or_too_thin_is_refused_from_the_header(name, content, message
 
 def test_larger_than_pils_own_bomb_limit_names_ours(tmp_path):
     (tmp_path/'huge.png').write_bytes(png_header(20_000, 10_000))  # PIL refuses it itself, inside `Image.open`
-    with pytest.raises(BinaryDigitsError, match=r"Could not read the image .*huge.png: it is larger than 50 megapixels"):
+    with pytest.raises(BinaryDigitsError, match=r"Could not read the image .*huge.png: it is larger than 50 "
+                                                r"megapixels"):
         as_pil_image(tmp_path/'huge.png')
 
 
@@ -105,8 +107,10 @@ def test_fifos_sockets_and_devices_are_refused_before_opening(tmp_path):
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(tmp_path/'sock.png'))
         with no_hang():
-            for name, kind in [('fifo', r'a FIFO \(named pipe\)'), ('zero', 'a character device'), ('sock', 'a socket')]:
-                with pytest.raises(BinaryDigitsError, match=rf"{name}.png is {kind}, not an image file: give a regular file"):
+            for name, kind in [('fifo', r'a FIFO \(named pipe\)'), ('zero', 'a character device'),
+                               ('sock', 'a socket')]:
+                with pytest.raises(BinaryDigitsError, match=rf"{name}.png is {kind}, not an image file: give a "
+                                                            "regular file"):
                     as_pil_image(tmp_path/f'{name}.png')
 
 
@@ -119,7 +123,8 @@ def test_test_dl_and_predict_go_through_the_same_door(sample_dls, tmp_path):
     with no_hang():
         with pytest.raises(BinaryDigitsError, match='is a FIFO'): sample_dls.test_dl([tmp_path/'fifo.png'])
         with pytest.raises(BinaryDigitsError, match='160 megapixels'): learn.predict(tmp_path/'strip.png')
-        with pytest.raises(BinaryDigitsError, match='160 megapixels'): sample_dls.test_dl([tmp_path/'strip.png'], prepare=False)
+        with pytest.raises(BinaryDigitsError, match='160 megapixels'):
+            sample_dls.test_dl([tmp_path/'strip.png'], prepare=False)
 
 
 def _mutate(b:bytes, r:random.Random) -> bytes:

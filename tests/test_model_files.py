@@ -14,9 +14,9 @@ from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner, load_learner
 from fastai.losses import BCEWithLogitsLossFlat
 
-from fastai_binary_digits import (ARCHS, BinaryDigitsDataLoaders, BinaryDigitsError, BinaryLearner, __version__, binary_learner,
-                                  export_binary_learner, load_binary_learner, load_model_file, log_loss, mnist_loss,
-                                  plot_weights)
+from fastai_binary_digits import (ARCHS, BinaryDigitsDataLoaders, BinaryDigitsError, BinaryLearner, __version__,
+                                  binary_learner, export_binary_learner, load_binary_learner, load_model_file, log_loss,
+                                  mnist_loss, plot_weights)
 from fastai_binary_digits.cli import main
 from fastai_binary_digits.model_files import FORMAT_VERSION, MAX_FILE, content_sha256
 
@@ -452,18 +452,19 @@ DAMAGED = [  # (what, the cnn file's bytes made damaged or hostile, the error)
     ('a digit of the pair flipped', lambda fn: fn.read_bytes().replace(b'"[4, 8]"', b'"[4, 9]"'),
      r"its content does not match its checksum"),
     ('two tensors swapped', _swap_same_size, r"its content does not match its checksum"),
-    ('pair twice, swapped', _duplicate('pair', '[8, 4]'), r"its header names 'pair' twice \(JSON does not say which one "
-                                                          r"counts\): the file is damaged or was edited"),
+    ('pair twice, swapped', _duplicate('pair', '[8, 4]'),
+     r"its header names 'pair' twice \(JSON does not say which one counts\): the file is damaged or was edited"),
     ("a tensor's dtype twice", _text_edit('"1.0.weight": {', '"1.0.weight": {"dtype": "F16", '),
      r"its header names 'dtype' twice"),
     ('Infinity', _text_edit('"data_offsets": [0, ', '"data_offsets": [Infinity, '),
      r"its header holds the number Infinity; a model file's header holds only whole numbers of at most 20 digits"),
     ('NaN', _text_edit('"shape": [', '"shape": [NaN, '), r"its header holds the number NaN"),
     ('a fraction', _text_edit('"shape": [', '"shape": [1.5, '), r"its header holds the number 1.5"),
-    ('a huge number', _text_edit('"shape": [', '"shape": [' + '9' * 5000 + ', '), r"its header holds the number 9{30};"),
+    ('a huge number', _text_edit('"shape": [', '"shape": [' + '9' * 5000 + ', '),
+     r"its header holds the number 9{30};"),
     ('a list for a number', _text_edit('"data_offsets": [0, ', '"data_offsets": [[0], '),
      r"its header is damaged \(invalid JSON in header: invalid type: sequence, expected usize"),
-    ('nested 20,000 deep', _text_edit('"__metadata__": {', '"x": ' + '[' * 20_000 + ']' * 20_000 + ', "__metadata__": {'),
+    ('nested 20,000 deep', _text_edit('"__metadata__": {', f'"x": {"[" * 20_000}{"]" * 20_000}, "__metadata__": {{'),
      r"its header nests lists or objects too deeply to read \(a safetensors header nests three deep\)"),
     ('a number in the metadata', _text_edit('"arch": "cnn"', '"arch": 3'),
      r"its `__metadata__` is not a JSON object of strings, as safetensors requires"),
@@ -478,7 +479,8 @@ DAMAGED = [  # (what, the cnn file's bytes made damaged or hostile, the error)
 def test_a_damaged_or_hostile_file_is_refused(what, content, message, files, tmp_path):
     fn = tmp_path/'damaged.safetensors'
     fn.write_bytes(content(files['cnn'][0]))
-    with pytest.raises(BinaryDigitsError, match=r"^Cannot load .*damaged.safetensors as a safetensors model file: " + message):
+    with pytest.raises(BinaryDigitsError, match=r"^Cannot load .*damaged.safetensors as a safetensors model file: "
+                                                + message):
         load_model_file(fn)
 
 
@@ -487,8 +489,8 @@ def test_a_flipped_byte_on_the_command_line_is_one_line(files, images, tmp_path,
     fn.write_bytes(_flip(files['linear'][0].read_bytes(), -5))
     assert main(['predict', str(fn), images[0]]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: Cannot load {fn} as a safetensors model file: its content does not match its checksum (sha256): a byte "
-        "of it was changed since it was written (a damaged disk or copy?); export it again"]
+        f"error: Cannot load {fn} as a safetensors model file: its content does not match its checksum (sha256): a "
+        "byte of it was changed since it was written (a damaged disk or copy?); export it again"]
 
 
 def test_a_file_written_before_checksums_still_loads(learners, files, images, tmp_path):
@@ -499,7 +501,8 @@ def test_a_file_written_before_checksums_still_loads(learners, files, images, tm
     assert _preds(load_model_file(tmp_path/'old.safetensors'), images) == _preds(learners['cnn'], images)
     t['1.0.weight'] = t['1.0.weight'].reshape(-1)  # and a lie in such a file is still named
     save_file(t, tmp_path/'old.safetensors', metadata=m)
-    with pytest.raises(BinaryDigitsError, match=r"size mismatch for 1.0.weight"): load_model_file(tmp_path/'old.safetensors')
+    with pytest.raises(BinaryDigitsError, match=r"size mismatch for 1.0.weight"):
+        load_model_file(tmp_path/'old.safetensors')
 
 
 @pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='needs named pipes (os.mkfifo)')

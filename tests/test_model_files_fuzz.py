@@ -168,10 +168,10 @@ def same_as_good(facts, model, good_facts, good_sd) -> bool:
 
 
 def test_every_mutation_is_refused_or_changes_nothing(good, tmp_path):
-    """Mutations seen to load cleanly, each with the file's own facts and weights: the same header with other whitespace;
-    an edit that writes what was there (a 1-D shape reversed, a value set to its own); two tensors of equal bytes swapped
-    (BatchNorm's batch counters); the checksum entry removed (then the file is as one written before checksums, whose
-    other checks all pass)"""
+    """Mutations seen to load cleanly, each with the file's own facts and weights: the same header with other
+    whitespace; an edit that writes what was there (a 1-D shape reversed, a value set to its own); two tensors of equal
+    bytes swapped (BatchNorm's batch counters); the checksum entry removed (then the file is as one written before
+    checksums, whose other checks all pass)"""
     data, good_facts, good_sd = good
     r = random.Random(SEED)
     fn = tmp_path/'mutated.safetensors'

@@ -620,6 +620,16 @@ def test_train_refuses_at_once_a_disk_without_room(small_disk, no_training, caps
     assert 'needs about 419 KB' in capsys.readouterr().err and no_training['fit'] == 0
 
 
+def test_evaluate_refuses_at_once_a_report_without_room(trained, small_disk, capsys, monkeypatch):
+    import fastai_binary_digits.cli as cli_mod
+    monkeypatch.setattr(cli_mod, '_load_model', lambda fn: pytest.fail('loaded the model before checking the room'))
+    fill(small_disk, leave=50_000)
+    d, _ = trained
+    assert main(['evaluate', str(d/'models'/'model.safetensors'), '--sample', '--report', str(small_disk/'r')]) == 2
+    assert re.fullmatch(rf"error: --report {small_disk/'r'}: the disk mounted at {small_disk} has \d+ KB free, and what "
+                        r"this command writes there needs about 400 KB: .*\(nothing was done\)\n", capsys.readouterr().err)
+
+
 def _check_rescued(err:str, out:Path, disk:Path|None, learn, rescue_dir:Path):
     "One line naming the full disk and where the trained model went; that file holds the learner's weights"
     import torch

@@ -16,7 +16,7 @@ def check_pair(pair) -> tuple:
     msg = f"`pair` must be two distinct digits 0-9, such as (4, 8), got {pair!r}"
     if isinstance(pair, (str, bytes)): raise BinaryDigitsError(f"{msg}: a string, not two numbers; write (3, 7), not '37'")
     try: (x, y), (a, b) = pair, (int(d) for d in pair)
-    except (TypeError, ValueError): raise BinaryDigitsError(msg) from None
+    except (TypeError, ValueError, OverflowError): raise BinaryDigitsError(msg) from None  # (int(inf): overflow)
     if any(type(d).__name__ in ('bool', 'bool_') for d in (x, y)):  # Python's and numpy's booleans
         raise BinaryDigitsError(f"{msg}: True and False are not digits")
     if a == b or not (0 <= a <= 9 and 0 <= b <= 9) or x != a or y != b: raise BinaryDigitsError(msg)

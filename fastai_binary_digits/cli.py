@@ -3,8 +3,9 @@ Exit status 0 on success, 1 when `predict` gave some image no digit (none found,
 usage or bad input (one `error:` line).
 Usage errors are found before torch and fastai are imported; any other failure is a bug, and shows its traceback."""
 from __future__ import annotations
-import argparse, json, sys, tempfile, textwrap, warnings
-from contextlib import contextmanager
+import argparse, errno, json, os, shutil, sys, tempfile, textwrap, warnings
+from collections import Counter
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .checks import ARCH_NAMES, BinaryDigitsError, check_port
@@ -12,6 +13,7 @@ from .checks import ARCH_NAMES, BinaryDigitsError, check_port
 __all__ = ['main']
 
 REPORT_FILES = dict(loss='loss.png', confusion='confusion_matrix.png', weights='weights.png', worst='top_losses.png')
+REPORT_ROOM = 400_000  # bytes the report's pictures take at most (they take 100 to 150 KB)
 N_WORST = 9  # digits in the grid of worst predictions
 CHUNK = 64   # images `predict` reads, prepares and answers at a time: its memory does not grow with their number
 MODEL_HELP = ("the learner written by `train --out`: a '.safetensors' file (safe), or fastai's '.pkl' pickle "
@@ -214,6 +216,42 @@ def _out_folder(value:str|None, flag:str) -> Path|None:
     return path
 
 
+def _size(n:int) -> str:
+    return f"{n/1e9:,.1f} GB" if n >= 1e9 else f"{n/1e6:,.1f} MB" if n >= 1e6 else f"{n/1e3:,.0f} KB"
+
+
+
+def _existing(path:Path) -> Path: return next(p for p in (path, *path.parents) if p.exists())
+
+
+def _disk(path:Path) -> str:
+    "The disk that holds, or will hold, `path`, named by the folder it is mounted at"
+    path = _existing(path).resolve()
+    dev = path.stat().st_dev
+    while path.parent != path and path.parent.stat().st_dev == dev: path = path.parent
+    return f"the disk mounted at {path}"
+
+
+def _check_room(needs:list):
+    """A clear error, before any work, when a disk has too little room for what goes on it: `needs` holds
+    `(path, bytes, flag, value)` for each output"""
+    disk = lambda path: _existing(path).stat().st_dev
+    on_disk = Counter()
+    for path, n, *_ in needs: on_disk[disk(path)] += n
+    for path, _, flag, value in needs:
+        free = shutil.disk_usage(_existing(path)).free
+        if free < on_disk[disk(path)]:
+            raise BinaryDigitsError(f"{flag} {value}: {_disk(path)} has {_size(free)} free, and what this command "
+                                    f"writes there needs about {_size(on_disk[disk(path)])}: free some space there or "
+                                    "choose another place (nothing was done)")
+
+
+def _write_failure(e:Exception, path:Path) -> str:
+    "Why writing `path` failed, in words: a full disk is named, with the room left on it"
+    if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT): return e.strerror or str(e)
+    return f"{_disk(path)} is full ({_size(shutil.disk_usage(_existing(path)).free)} free)"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Shared steps
 
@@ -302,7 +340,10 @@ def _fit_and_export(args, pair:tuple, out:Path, report:Path|None) -> int:
     from .data import BinaryDigitsDataLoaders
     from .distributed import alone, distrib_ctx_if_launched
     from .learner import binary_learner
+    from .model_files import file_size
     from .pair_check import pair_check_dls
+    _check_room([(out, file_size(args.arch, out.suffix, not args.no_check), '--out', args.out)] +
+                ([(report, REPORT_ROOM, '--report', args.report)] if report else []))  # before any data or training
     src, source = _source(args)
     dls = BinaryDigitsDataLoaders.from_mnist(pair=pair, valid=args.valid, seed=args.seed, bs=args.bs, **src)
     learn = binary_learner(dls, args.arch, lr=args.lr, seed=args.seed)
@@ -318,11 +359,10 @@ def _fit_and_export(args, pair:tuple, out:Path, report:Path|None) -> int:
     if rank_distrib(): return 0  # the other processes of a distributed run: rank 0 alone exports and reports
     with alone():
         if check_dls is not None: _fit_pair_check(learn, check_dls, args.seed)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        learn.export(out)
+        _export(learn, out, args.arch)
         print(f"Exported the learner to {args.out}")
-        for fn in (_write_report(learn, dls.valid, report, 'validation', with_loss=True) if report else []):
-            print(f"Wrote {fn}")
+        for fn in (_report(learn, dls.valid, report, 'validation', True, f' (the model is in {args.out})') if report
+                   else []): print(f"Wrote {fn}")
     return 0
 
 
@@ -337,14 +377,50 @@ def _fit_pair_check(learn, dls, seed:int|None):
           f"and {b}s pass and {st['flagged']:.1%} of the other digits are flagged (--no-check to skip it)")
 
 
-def _read_images(fns:list) -> tuple:
-    "The images of the files `fns` that can be read, and `{file: why}` for the others"
-    from .images import as_pil_image
-    images, errors = {}, {}
+def _export(learn, out:Path, arch:str):
+    """`learn.export(out)`; should the write fail (a full disk), the trained model is written where there is room and
+    the one error says where, so that the training is not lost"""
+    from .model_files import file_size
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        learn.export(out)
+    except (OSError, RuntimeError) as e:  # (torch's pickle writer raises a RuntimeError, 'file write failed')
+        size = file_size(arch, out.suffix, getattr(learn.dls, 'pair_check', None) is not None)
+        if not isinstance(e, OSError) and shutil.disk_usage(_existing(out)).free >= size: raise
+        raise OSError(f"Could not write {out}: {_write_failure(e, out)}. {_rescue(learn, out)}") from e
+
+
+def _rescue(learn, out:Path) -> str:
+    "Export `learn` where there is room, the temporary folder or the home folder; where it went, or that it is lost"
+    for folder in dict.fromkeys((Path(tempfile.gettempdir()), Path.home())):
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{out.stem}-', suffix=out.suffix)
+            os.close(fd)
+            learn.export(Path(tmp))
+            return f"The trained model was written to {tmp} instead: move it where you want it, such as {out}"
+        except (OSError, RuntimeError):
+            if tmp is not None:
+                with suppress(OSError): os.unlink(tmp)
+    return "The trained model could not be written anywhere else either: free some space and train again"
+
+
+def _report(learn, dl, folder:Path, what:str, with_loss:bool, done:str='') -> list:
+    "`_write_report`, a failed write (a full disk) one clear error; `done` says what was written before it"
+    try: return _write_report(learn, dl, folder, what, with_loss)
+    except OSError as e:
+        raise OSError(f"Could not write the report into {folder}: {_write_failure(e, folder)}{done}") from e
+
+
+def _read_digits(fns:list, prepare:bool) -> tuple:
+    """The 28x28 image the model sees for each of the files `fns` that can be read (None where no digit was found), and
+    `{file: why}` for the others; one picture at a time is held in memory"""
+    from .prepare import digit_image
+    seen, errors = {}, {}
     for fn in fns:
-        try: images[fn] = as_pil_image(fn)
+        try: seen[fn] = digit_image(fn, prepare)
         except (BinaryDigitsError, OSError) as e: errors[fn] = str(e)
-    return images, errors
+    return seen, errors
 
 
 def _save_seen(x28, fn:str, out:Path, names:set):
@@ -354,8 +430,10 @@ def _save_seen(x28, fn:str, out:Path, names:set):
     name = Path(fn).stem
     while name in names: name += '_'  # two images of the same name (in two folders)
     names.add(name)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out/f'{name}.png') as tmp: Image.fromarray(x28).save(tmp, format='PNG')
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out/f'{name}.png') as tmp: Image.fromarray(x28).save(tmp, format='PNG')
+    except OSError as e: raise OSError(f"Could not write {out/name}.png: {_write_failure(e, out)}") from e
 
 
 def _answer(fn:str, found:bool, in_pair:bool, p:float, q:float, vocab, check, as_json:bool) -> bool:
@@ -380,8 +458,10 @@ def _answer(fn:str, found:bool, in_pair:bool, p:float, q:float, vocab, check, as
 def _predict(args) -> int:
     """One line per image: its digit, 'no digit found', or why it could not be read (stderr; the others are still
     answered). Exit status 1 when any image got no digit"""
+    import numpy as np
     out = _out_folder(args.save_prepared, '--save-prepared')  # before the model is loaded
     learn = _load_model(_model_file(args.model))
+    prepare = not args.no_prepare and getattr(learn.dls, 'prepare', True)
     check = getattr(learn.dls, 'pair_check', None)
     if check is None: print(f"note: {args.model} holds no pair check, so it answers {learn.dls.vocab[0]} or "
                             f"{learn.dls.vocab[1]} for any digit; train it again without --no-check to add one",
@@ -389,13 +469,13 @@ def _predict(args) -> int:
     failed, names = False, set()
     for i in range(0, len(args.images), CHUNK):
         fns = args.images[i:i+CHUNK]
-        images, errors = _read_images(fns)
-        if images:
-            dl = learn.dls.test_dl(list(images.values()), prepare=False if args.no_prepare else None)
+        seen, errors = _read_digits(fns, prepare)
+        if seen:  # what the model sees, as `test_dl` would make it; a blank where no digit was found
+            x28s = [np.zeros((28, 28), np.uint8) if a is None else a for a in seen.values()]
+            dl = learn.dls.test_dl(x28s, prepare=False)
             with learn.no_bar(): probs = learn.get_preds(dl=dl)[0].view(-1).tolist()  # the probability of vocab[1]
-            seen = (dl.dataset.x.cpu()*255).round().byte().view(-1, 28, 28).numpy()
-            flags = dl.found.tolist(), dl.in_pair.tolist(), probs, dl.other_probs.tolist(), seen
-            answers = dict(zip(images, zip(*flags)))
+            flags = [a is not None for a in seen.values()], dl.in_pair.tolist(), probs, dl.other_probs.tolist(), x28s
+            answers = dict(zip(seen, zip(*flags)))  # (`in_pair` and `other_probs`: the pair check's, on every image)
         for fn in fns:
             if fn in errors:
                 failed = True
@@ -422,6 +502,7 @@ def _print_evaluation(args, pair, source:str, acc:float, loss:float, loss_name:s
 
 def _evaluate(args) -> int:
     report = _out_folder(args.report, '--report')  # before any model or data is loaded
+    if report: _check_room([(report, REPORT_ROOM, '--report', args.report)])
     learn = _load_model(_model_file(args.model))
     with _bars_for_terminals(): return _evaluate_on_testing(args, learn, report)
 
@@ -439,7 +520,7 @@ def _evaluate_on_testing(args, learn, report:Path|None) -> int:
         loss = float(learn.validate(dl=dl)[0])
         cm = ClassificationInterpretation.from_learner(learn, dl=dl).confusion_matrix()
     _print_evaluation(args, pair, source, float(np.trace(cm)/cm.sum()), loss, _loss_name(learn), cm)
-    for fn in (_write_report(learn, dl, report, 'testing', with_loss=False) if report else []):
+    for fn in (_report(learn, dl, report, 'testing', with_loss=False) if report else []):
         print(f"Wrote {fn}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -466,6 +547,8 @@ def main(argv:list[str]|None=None) -> int:
         with warnings.catch_warnings():
             # fastai's layers call the deprecated `torch.jit.script` when imported: nothing a user can act on
             warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+            # PIL's warning about a picture of over 89 megapixels: the package refuses it anyway, in its own words
+            warnings.filterwarnings('ignore', message=r'Image size \(\d+ pixels\) exceeds limit')
             return args.func(args)
     except (BinaryDigitsError, OSError) as e:  # a user's mistake or a bad input: one line that says what to do
         print(f"error: {e}", file=sys.stderr)

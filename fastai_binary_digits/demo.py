@@ -1,8 +1,11 @@
 """Draw a digit: a Gradio page where a person draws (or uploads) a digit and a trained learner answers as they draw,
-showing the 28x28 picture the model received. Local and offline unless asked otherwise; Gradio is an optional extra."""
+showing the 28x28 picture the model received. Local and offline unless asked otherwise; Gradio is an optional extra.
+The canvas is the page's own (a plain HTML canvas): each stroke sends its points, a few hundred bytes, and the server
+draws them again, so an answer costs one small request through Gradio's queue."""
 from __future__ import annotations
-import os, shutil
+import contextlib, hashlib, io, math, os, shutil, sys, tempfile, threading, time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,14 +19,32 @@ from .prepare import prepare_digit
 __all__ = ['demo', 'demo_app', 'write_space']
 
 INSTALL = 'pip install "gradio>=6,<7" (in a clone of the repository: pip install -e ".[demo]")'  # adds Gradio
-NO_DIGIT = 'no digit found'                            # what the page says for an empty canvas or a blank image
-_ZOOM = 6                                              # the 28x28 picture is shown 6 times larger, pixels kept sharp
+NO_DIGIT = 'no digit found'  # what the page says for a drawing or an image that holds no digit
+CANVAS = 280                 # the canvas, pixels a side; the server draws the strokes again at this size
+BRUSH = 24                   # the brush's width, pixels of the canvas
+MAX_POINTS = 10_000          # a drawing of more points is refused: every request costs bounded time
+MAX_UPLOAD = '20mb'          # larger uploads are refused by Gradio before they are stored
+QUEUE_SIZE = 256             # requests waiting at most; more are told that the page is busy
+WORKERS = 4                  # requests of each kind (strokes, uploads) answered at once: a slow one holds up no other
+CACHE_LIFE = (60, 600)       # every 60 s Gradio deletes the page's uploads and pictures older than 600 s
+_ZOOM = 6                    # the 28x28 picture is shown 6 times larger, pixels kept sharp
+
+
+def neither(vocab) -> str:
+    "What the page says when the learner's `pair_check` finds a digit that is not one of the pair"
+    a, b = vocab
+    return f"Neither {a} nor {b}: this model only knows {a} and {b}"
 
 
 def import_gradio():
-    "Gradio, with its analytics off unless the user turned them on; or a one-line error saying how to install it"
+    """Gradio, with its analytics off and its queue's bookkeeping light unless the user chose otherwise; or a one-line
+    error saying how to install it"""
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # no analytics and no version check from the demo
     os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
+    # Gradio's queue sums up its last events in a pandas table after every event, for its monitoring page: 20 ms at
+    # its default 10,000 events, a fifth of a core for a class drawing. The last 1,000, summed up every 100 events:
+    os.environ.setdefault('GRADIO_ANALYTICS_MAX_EVENTS', '1000')
+    os.environ.setdefault('GRADIO_ANALYTICS_CACHE_FREQUENCY', '100')
     try: import gradio
     except ModuleNotFoundError as e:
         if e.name != 'gradio': raise
@@ -31,9 +52,17 @@ def import_gradio():
     return gradio
 
 
+class Reading(NamedTuple):
+    "What `DigitReader` found in one image"
+    probs: dict|None       # each digit of the pair (as text) and its probability; None when no digit was found
+    x28: np.ndarray|None   # the 28x28 uint8 picture the model received
+    in_pair: bool = True   # False where the learner's `pair_check` says the digit is not one of the pair
+
+
 class DigitReader:
     """What the page runs on every stroke: `prepare_digit`, then the learner's model and its loss's activation, as
-    fastai's `get_preds` computes them (the model in eval mode, no gradients), without building a `test_dl` each time"""
+    fastai's `get_preds` computes them (the model in eval mode, no gradients), without building a `test_dl` each time;
+    and the learner's `pair_check`, where it has one, on the same input"""
     def __init__(self, learn):
         vocab = getattr(getattr(learn, 'dls', None), 'vocab', None)
         if vocab is None or len(vocab) != 2:
@@ -42,17 +71,19 @@ class DigitReader:
         self.learn, self.vocab = learn, tuple(int(d) for d in vocab)
         self.activation = getcallable(learn.loss_func, 'activation')  # fastai's own: the identity when there is none
 
-    def __call__(self, image) -> tuple[dict|None, np.ndarray|None]:
-        "The probability of each digit of the pair for `image` (keys: the digits as text), and the 28x28 it saw"
+    def __call__(self, image) -> Reading:
+        "The probability of each digit of the pair for `image`, the 28x28 the model saw, and whether it is of the pair"
         x28 = prepare_digit(image)
-        if x28 is None: return None, None
-        model = self.learn.model
+        if x28 is None: return Reading(None, None)
+        model, check = self.learn.model, getattr(self.learn, 'pair_check', None)
         device = next(model.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(x28)).to(device).float().div_(255).view(1, 28*28)  # as `test_dl`
         model.eval()
-        with torch.inference_mode(): p = float(self.activation(model(x)).view(-1)[0])
+        with torch.inference_mode():
+            p = float(self.activation(model(x)).view(-1)[0])
+            in_pair = True if check is None else bool(check.in_pair(x)[0][0])
         a, b = self.vocab
-        return {str(a): 1-p, str(b): p}, x28
+        return Reading({str(a): 1-p, str(b): p}, x28, in_pair)
 
 
 def zoom(x28:np.ndarray, k:int=_ZOOM) -> np.ndarray:
@@ -60,79 +91,187 @@ def zoom(x28:np.ndarray, k:int=_ZOOM) -> np.ndarray:
     return np.kron(x28, np.ones((k, k), dtype=x28.dtype))
 
 
-def _read_upload(read:DigitReader, fn:str|None):
-    "The answer for an uploaded file, or a message for the page (`gradio.Error`) when it is not an image"
-    if fn is None: return None, None
-    try: image = as_pil_image(fn)
-    except (BinaryDigitsError, OSError) as e:
-        raise import_gradio().Error(f"{Path(fn).name} is not an image that can be read: upload a PNG or JPEG picture "
-                                    f"of one digit ({e})") from None
-    return read(image)
+def strokes_image(strokes) -> 'PIL.Image.Image':
+    """The page's drawing, sent as its strokes (each a flat list x0, y0, x1, y1, ... in pixels of the canvas), drawn
+    again as the canvas showed it: white ink `BRUSH` wide on black, `CANVAS` pixels a side; or a clear error"""
+    from PIL import Image, ImageDraw
+    ok = isinstance(strokes, list) and len(strokes) <= MAX_POINTS and all(
+        isinstance(s, list) and len(s) >= 2 and len(s) % 2 == 0 for s in strokes)
+    if not ok or sum(map(len, strokes)) > 2*MAX_POINTS:
+        raise BinaryDigitsError(f"A drawing is a list of strokes, each a list x0, y0, x1, y1, ... of at most "
+                                f"{MAX_POINTS} points in all: clear the canvas and draw again")
+    if not all(type(v) in (int, float) and math.isfinite(v) for s in strokes for v in s):
+        raise BinaryDigitsError("A drawing's points must be finite numbers (pixels of the canvas)")
+    im = Image.new('L', (CANVAS, CANVAS), 0)
+    draw, r = ImageDraw.Draw(im), BRUSH/2
+    for s in strokes:
+        xy = [tuple(p) for p in np.clip(np.array(s, np.float64).reshape(-1, 2), -BRUSH, CANVAS+BRUSH)]
+        if len(xy) > 1: draw.line(xy, fill=255, width=BRUSH, joint='curve')
+        for x, y in (xy[0], xy[-1]): draw.ellipse((x-r, y-r, x+r, y+r), fill=255)  # the brush's round ends
+    return im
 
 
-def _answer(probs:dict|None, x28:np.ndarray|None):
-    "What the page shows: the probabilities (or 'no digit found') and the 28x28 picture, made larger"
-    return (NO_DIGIT, None) if probs is None else (probs, zoom(x28))
+def _picture_file(x28:np.ndarray, folder:Path) -> str:
+    """`x28`, made larger, as a PNG file in `folder`, named by its content and written under a temporary name, then
+    renamed: a picture another client is downloading is never rewritten under it"""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(zoom(x28)).save(buf, 'png')
+    fn = folder/f'{hashlib.sha1(buf.getvalue()).hexdigest()}.png'
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.', suffix='.png')
+    with os.fdopen(fd, 'wb') as f: f.write(buf.getvalue())
+    os.replace(tmp, fn)  # a fresh file each time, so Gradio's `delete_cache` ages it from now
+    return str(fn)
 
 
-# The canvas opens, and clears, with no tool chosen: the page chooses the brush, so that the first stroke draws
-_PICK_BRUSH = '''const pick = (n) => { const b = document.querySelector('#pad button[aria-label="Brush"]');
-    if (b && b.classList.contains('highlight')) return; if (b) b.click(); if (n > 0) setTimeout(() => pick(n - 1), 100); };'''
-_CHOOSE_BRUSH = f"() => {{ {_PICK_BRUSH} pick(30); }}"
-_CLEAR_PAD = (f"() => {{ {_PICK_BRUSH} document.querySelector('#pad button[aria-label=\\'Clear canvas\\']')?.click(); "
-              "setTimeout(() => pick(10), 100); }")
+def _refuse(gr, what:str, e:Exception, fn:str|None=None):
+    """`e`'s message as one line in the server's terminal and on the page (a `gradio.Error`: no traceback), without
+    the folder of the upload `fn`: a temporary path means nothing to the person"""
+    msg = str(e)
+    if fn is not None:
+        for d in {str(Path(fn).parent), str(Path(fn).resolve().parent)}: msg = msg.replace(d + os.sep, '')
+    print(f"The page refused {what}: {msg}", file=sys.stderr, flush=True)
+    raise gr.Error(msg, print_exception=False) from None
 
 
-def demo_app(learn, title:str|None=None) -> 'gradio.Blocks':
-    "The Gradio `Blocks` page for `learn`: a canvas to draw on, an upload, the pair's probabilities and the 28x28 input"
+# The page's canvas: pointer events (mouse, pen and touch) draw on it at once; each stroke's end makes every stroke's
+# points its value and fires 'draw'; Clear empties it and fires 'draw' too, so that an answer to an earlier stroke never
+# arrives after it (Gradio sends a 'draw' fired while one is answered afterwards, with the value of that time).
+# No tool to choose: the canvas always draws.
+_PAD_HTML = f'''<div class="pad"><div class="pad-label">Draw a digit</div>
+<canvas width="{CANVAS}" height="{CANVAS}" aria-label="Draw a digit here with the mouse or a finger"></canvas>
+<button id="clear" type="button">Clear</button></div>'''
+_PAD_CSS = '''.pad { display: flex; flex-direction: column; align-items: flex-start; gap: 8px; }
+.pad-label { font-size: var(--block-label-text-size); color: var(--block-label-text-color); }
+canvas { width: min(100%, 280px); aspect-ratio: 1; background: #fff; border: 1px solid var(--border-color-primary);
+  border-radius: 4px; touch-action: none; cursor: crosshair; }
+#clear { padding: 4px 16px; border: 1px solid var(--border-color-primary); border-radius: 4px;
+  background: var(--button-secondary-background-fill); color: var(--button-secondary-text-color); }'''
+_PAD_JS = f'''const c = element.querySelector('canvas'), g = c.getContext('2d');
+let strokes = [], cur = null, n = 0;
+g.lineWidth = {BRUSH}; g.lineCap = g.lineJoin = 'round'; g.strokeStyle = g.fillStyle = '#000';
+const at = (e) => {{ const r = c.getBoundingClientRect();
+  return [Math.round((e.clientX - r.left)*c.width/r.width), Math.round((e.clientY - r.top)*c.height/r.height)]; }};
+c.addEventListener('pointerdown', (e) => {{
+  if (e.button > 0 || n >= {MAX_POINTS}) return;
+  e.preventDefault(); c.setPointerCapture(e.pointerId);
+  const [x, y] = at(e); cur = [x, y]; strokes.push(cur); n += 1;
+  g.beginPath(); g.arc(x, y, g.lineWidth/2, 0, 2*Math.PI); g.fill(); }});
+c.addEventListener('pointermove', (e) => {{
+  if (!cur || n >= {MAX_POINTS}) return;
+  const [x, y] = at(e), k = cur.length;
+  if (Math.abs(x - cur[k-2]) + Math.abs(y - cur[k-1]) < 2) return;
+  g.beginPath(); g.moveTo(cur[k-2], cur[k-1]); g.lineTo(x, y); g.stroke(); cur.push(x, y); n += 1; }});
+const send = () => {{ props.value = strokes.map((s) => s.slice()); trigger('draw'); }};
+const end = () => {{ if (!cur) return; cur = null; send(); }};
+c.addEventListener('pointerup', end); c.addEventListener('pointercancel', end);
+const wipe = () => {{ strokes = []; cur = null; n = 0; g.clearRect(0, 0, c.width, c.height); send(); }};
+const clear = element.querySelector('#clear');  // on release: a finger's tap right after a stroke may make no click
+clear.addEventListener('pointerup', (e) => {{ if (e.button === 0) wipe(); }});
+clear.addEventListener('click', (e) => {{ if (e.detail === 0) wipe(); }});  // the keyboard's Enter or Space'''
+
+
+class _Answers:
+    "What the page's events run: the learner's answer to a drawing or an upload, as the page shows it"
+    def __init__(self, gr, learn, delete_cache:tuple|None):
+        self.gr, self.read, self.folder, self.app = gr, DigitReader(learn), None, None
+        self.life, self.tidied, self.tidying = delete_cache, time.monotonic(), threading.Lock()
+
+    def tidy(self):
+        """Delete the app's temporary files (uploads, pictures) older than `delete_cache`'s age plus its period, at
+        most once a period: Gradio's own deleting stops for good once a request adds a file while it runs, so under
+        load this does its work (it walks copies of Gradio's sets, and finds nothing to do while Gradio's runs)"""
+        if self.life is None or self.app is None or time.monotonic() - self.tidied < self.life[0]: return
+        if not self.tidying.acquire(blocking=False): return
+        try:
+            self.tidied, cutoff = time.monotonic(), time.time() - sum(self.life)
+            keep = set().union(*(getattr(b, 'keep_in_cache', ()) for b in self.app.blocks.values()))
+            for files in self.app.temp_file_sets:
+                for fn in set(files) - keep:  # a copy: other requests add files meanwhile
+                    with contextlib.suppress(OSError):
+                        if os.lstat(fn).st_ctime < cutoff: os.remove(fn)
+                    if not os.path.lexists(fn): files.discard(fn)
+        finally: self.tidying.release()
+
+    def show(self, r:Reading) -> tuple:
+        "The probabilities (or what stands for them) and the 28x28 picture's file in Gradio's cache"
+        if r.probs is None: return NO_DIGIT, None
+        if self.folder is None:  # the page's own folder, made on its first answer
+            from gradio.utils import get_upload_folder
+            self.folder = Path(tempfile.mkdtemp(prefix='fastai_binary_digits_', dir=get_upload_folder()))
+        return (r.probs if r.in_pair else neither(self.read.vocab)), _picture_file(r.x28, self.folder)
+
+    def draw(self, strokes):
+        "The answer to the canvas's strokes (the pad's value)"
+        self.tidy()
+        if strokes == []: return None, None  # a cleared canvas: nothing drawn, nothing claimed
+        try: image = strokes_image(strokes)
+        except BinaryDigitsError as e: _refuse(self.gr, 'a drawing', e)
+        return self.show(self.read(image))
+
+    def predict(self, file:dict|None):
+        "The answer to an uploaded file (Gradio's `FileData`, checked to be in its upload folder), or why there is none"
+        self.tidy()
+        if file is None: return None, None
+        fn = file['path']
+        try: return self.show(self.read(as_pil_image(fn)))
+        except (BinaryDigitsError, OSError) as e: _refuse(self.gr, f'the upload {Path(fn).name}', e, fn)
+
+
+def demo_app(learn, title:str|None=None, delete_cache:tuple|None=CACHE_LIFE) -> 'gradio.Blocks':
+    """The Gradio `Blocks` page for `learn`: a canvas to draw on, an upload, the pair's probabilities (or why there are
+    none) and the 28x28 input; every request goes through Gradio's bounded queue. `delete_cache`: Gradio's (every,
+    age) in seconds for deleting the page's uploads and pictures (None: kept until the server stops)"""
     gr = import_gradio()
-    read = DigitReader(learn)
-    a, b = read.vocab
+    answers = _Answers(gr, learn, delete_cache)
+    a, b = answers.read.vocab
     title = title or f'Draw a {a} or a {b}'
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
+    limit = ("it says so when it is shown another digit." if getattr(learn, 'pair_check', None) is not None
+             else "to it, any other digit is one of the two.")
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=delete_cache) as app:
         gr.Markdown(f"# {title}\nA model trained to tell **{a}** from **{b}** (MNIST, chapter 4 of the fastai book). "
                     "Draw with the mouse or a finger: it answers after every stroke. On the right, the 28x28 picture "
                     "the model received: your drawing cropped, scaled into a 20x20 box and centred as MNIST's digits "
-                    "are.")
+                    f"are. It only knows {a} and {b}: {limit}")
         with gr.Row():
             with gr.Column():
-                pad = gr.Sketchpad(label='Draw a digit', elem_id='pad', type='numpy', image_mode='L',
-                                   canvas_size=(280, 280), brush=gr.Brush(default_size=12, colors=['#000000'],
-                                                                          color_mode='fixed'),
-                                   layers=False, transforms=(), buttons=[])
-                clear = gr.Button('Clear', elem_id='clear')
+                pad = gr.HTML(html_template=_PAD_HTML, css_template=_PAD_CSS, js_on_load=_PAD_JS, elem_id='pad')
                 upload = gr.File(label='Or upload an image file', elem_id='upload', file_types=['image'],
                                  type='filepath', height=120)
             with gr.Column():
-                probs = gr.Label(label=f'{a} or {b}?', elem_id='probs', num_top_classes=2, value=NO_DIGIT)
+                probs = gr.Label(label=f'{a} or {b}?', elem_id='probs', num_top_classes=2)
                 seen = gr.Image(label='What the model sees (28x28)', elem_id='seen', interactive=False, format='png',
                                 height=28*_ZOOM+40, buttons=[])
-
-        def on_draw(value):
-            image = None if value is None else value['composite']  # None once the canvas is cleared
-            return (NO_DIGIT, None) if image is None else _answer(*read(image))
-
         outputs = [probs, seen]
-        # answer as the person draws: every change of the canvas, the last one winning when strokes come quickly
-        pad.change(on_draw, pad, outputs, api_visibility='private', show_progress='hidden', trigger_mode='always_last',
-                   queue=False)
-        # the canvas's own 'Clear canvas' (and the brush again), then the page's answer to an empty canvas
-        clear.click(lambda: (NO_DIGIT, None), None, outputs, js=_CLEAR_PAD, api_visibility='private', queue=False)
-        app.load(None, js=_CHOOSE_BRUSH)
-        def predict(image): return _answer(*_read_upload(read, image))
-        # the API's one endpoint, `/predict`: an image file in, the probabilities and the 28x28 picture out
-        upload.upload(predict, upload, outputs, api_name='predict', show_progress='hidden')
-    return app
+        # each stroke's end: the drawing so far; strokes that come while one is answered wait, the last one wins
+        pad.draw(answers.draw, pad, outputs, api_visibility='private', show_progress='hidden',
+                 trigger_mode='always_last')
+        upload.clear(lambda: (None, None), None, outputs, api_visibility='private', show_progress='hidden')
+        # the API's one endpoint, `/predict`: an image file in, the probabilities and the 28x28 picture out. The file
+        # as Gradio stored it: `gr.File`'s own preprocessing leaves an empty temporary file behind on every upload
+        upload.upload(answers.predict, upload, outputs, api_name='predict', show_progress='hidden', preprocess=False)
+    answers.app = app
+    return app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=WORKERS, api_open=False)
 
 
-def demo(learn, port:int|None=None, share:bool=False, host:str='127.0.0.1', **kwargs) -> 'gradio.Blocks':
+def demo(learn, port:int|None=None, share:bool=False, host:str='127.0.0.1', delete_cache:tuple|None=CACHE_LIFE,
+         **kwargs) -> 'gradio.Blocks':
     """Serve the page for `learn` at http://`host`:`port` (default: the first free port from 7860) and return the
-    Gradio app: inline in Jupyter; from a script it serves until interrupted. `kwargs` go to Gradio's `launch`"""
+    Gradio app: inline in Jupyter; from a script it serves until interrupted. `delete_cache` as in `demo_app`;
+    `kwargs` go to Gradio's `launch` (uploads are limited to `MAX_UPLOAD` unless `max_file_size` says otherwise)"""
     gr = import_gradio()
-    app = demo_app(learn)
+    app = demo_app(learn, delete_cache=delete_cache)
     if port is not None: check_port(host, port)
-    kwargs = {'theme': gr.themes.Default(), 'ssr_mode': False, 'mcp_server': False, 'pwa': False, **kwargs}
-    app.launch(server_name=host, server_port=port, share=share, **kwargs)
+    quiet, wait = kwargs.pop('quiet', False), not kwargs.pop('prevent_thread_lock', False)
+    kwargs = {'theme': gr.themes.Default(), 'ssr_mode': False, 'mcp_server': False, 'pwa': False,
+              'max_file_size': MAX_UPLOAD, **kwargs}
+    # Gradio's own start-up lines name its `launch(share=True)`: these name this package's ways to ask for a link
+    app.launch(server_name=host, server_port=port, share=share, quiet=True, prevent_thread_lock=True, **kwargs)
+    if not quiet:
+        print(f"* Running on local URL:  {app.local_url}")
+        if not app.share: print("* To serve it through a public link too: --share on the command line, "
+                                "demo(learn, share=True) in Python")
+    if wait and not getattr(sys, 'ps1', sys.flags.interactive): app.block_thread()  # a script: serve until interrupted
     return app
 
 

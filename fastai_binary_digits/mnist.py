@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .checks import BinaryDigitsError
-from .files import atomic_path
+from .files import atomic_path, open_regular, remove_stale_temporaries
 
 __all__ = ['read_idx', 'load_digits', 'write_mnist_png', 'SAMPLE_PATH']
 
@@ -17,7 +17,7 @@ SPLITS = {'training': 'train', 'testing': 't10k'}   # fastai's folder name -> th
 _IDX_DTYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
 _IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
 _CACHE_DIR = '.fastai_binary_digits'  # made beside the digit folders of an `mnist_png` tree
-_CACHE_FORMAT = 2                     # bump when the cache's content or its fingerprint changes
+_CACHE_FORMAT = 3                     # bump when the cache's content or its fingerprint changes
 
 # ---------------------------------------------------------------------------------------------------------------
 # IDX files, as on the MNIST home page and in torchvision's `MNIST/raw`
@@ -70,16 +70,19 @@ def _load_idx_split(folder:Path, split:str, digits) -> dict:
 # fastai's `mnist_png`: `training/<digit>/<index>.png`, `testing/<digit>/<index>.png`
 
 def _decode_image(fn:str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(fn) as im:
-            if im.size != (28, 28):
-                raise BinaryDigitsError(f"{fn} is {im.size[0]}x{im.size[1]}; MNIST images are 28x28. Remove it, or resize it to "
-                                 "28x28 greyscale")
-            return np.asarray(im if im.mode == 'L' else im.convert('L'))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise BinaryDigitsError(f"Could not decode the image {fn} ({e}); the file is corrupt or not an image: replace or "
-                         "remove it") from e
+    "The 28x28 greyscale image in file `fn`, its size checked before it is decoded"
+    from PIL import Image
+    with open_regular(fn, 'image file') as f:
+        try:
+            with Image.open(f) as im:
+                if im.size != (28, 28):
+                    raise BinaryDigitsError(f"{fn} is {im.size[0]}x{im.size[1]}; MNIST images are 28x28. Remove it, or "
+                                            "resize it to 28x28 greyscale")
+                return np.asarray(im if im.mode == 'L' else im.convert('L'))
+        except BinaryDigitsError: raise
+        except Exception as e:  # PIL's decoders raise many kinds of errors on damaged files
+            raise BinaryDigitsError(f"Could not decode the image {fn} ({e}); the file is corrupt or not an image: "
+                                    "replace or remove it") from e
 
 def _sort_key(name:str):
     stem = name.rsplit('.', 1)[0]
@@ -113,25 +116,35 @@ def _indices(names) -> torch.Tensor:
     stems = (n.rsplit('.', 1)[0] for n in names)
     return torch.tensor([int(s) if s.isdigit() else -1 for s in stems], dtype=torch.int64)
 
+def _sha256(images:torch.Tensor, indices:torch.Tensor) -> str:
+    "The checksum of a cache's tensors (`torch.load` does not check its zip's CRCs: a flipped byte would be served)"
+    h = hashlib.sha256(images.contiguous().numpy())
+    h.update(indices.contiguous().numpy())
+    return h.hexdigest()
+
 def _read_cache(fn:Path, fingerprint:str):
-    "The cached `(images, indices)` if `fn` holds a readable cache of this `fingerprint`, else None"
-    if not fn.exists(): return None
+    "The cached `(images, indices)` if `fn` holds an intact cache of this `fingerprint`, else None"
+    if not fn.is_file(): return None  # (never a FIFO: reading one would wait for a writer)
     try:
         c = torch.load(fn, weights_only=True)
-        ok = (c.get('format') == _CACHE_FORMAT and c.get('fingerprint') == fingerprint
-              and c['images'].dtype == torch.uint8 and c['images'].shape[1:] == (28, 28)
-              and c['indices'].shape == c['images'].shape[:1])
-        if ok: return c['images'], c['indices']
+        if c.get('format') != _CACHE_FORMAT or c.get('fingerprint') != fingerprint: return None  # stale: rebuilt
+        images, indices = c['images'], c['indices']
+        ok = (images.dtype == torch.uint8 and images.shape[1:] == (28, 28) and indices.dtype == torch.int64
+              and indices.shape == images.shape[:1] and c.get('sha256') == _sha256(images, indices))
+        if ok: return images, indices
+        why = 'damaged: its checksum does not match'
     except Exception as e:  # PyTorch's own message is long, and its advice (`weights_only=False`) is wrong here
-        warnings.warn(f"The image cache {fn} is unreadable ({type(e).__name__}); decoding the images again and "
-                      "rebuilding it", stacklevel=2)
+        why = f'unreadable ({type(e).__name__})'
+    warnings.warn(f"The image cache {fn} is {why}; decoding the images again and rebuilding it", stacklevel=2)
     return None
 
 def _load_png_digit(folder:Path, cache:bool=True):
     "`(images, indices)` of one digit folder, from the cache when it matches the folder, else decoded (and cached)"
     entries, fingerprint = _list_folder(folder)
     cache_fn = folder.parent.parent/_CACHE_DIR/f'{folder.parent.name}-{folder.name}.pt'
-    if cache and (hit := _read_cache(cache_fn, fingerprint)) is not None: return hit
+    if cache:
+        remove_stale_temporaries(cache_fn)  # left by a process killed while writing the cache
+        if (hit := _read_cache(cache_fn, fingerprint)) is not None: return hit
     names = _image_names(entries)
     if not names: raise FileNotFoundError(f"{folder} holds no images; expected one PNG per MNIST image")
     images, indices = _decode_folder(folder, names), _indices(names)
@@ -139,7 +152,8 @@ def _load_png_digit(folder:Path, cache:bool=True):
         try:
             cache_fn.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(cache_fn) as tmp:
-                torch.save(dict(format=_CACHE_FORMAT, fingerprint=fingerprint, images=images, indices=indices), tmp)
+                torch.save(dict(format=_CACHE_FORMAT, fingerprint=fingerprint, images=images, indices=indices,
+                                sha256=_sha256(images, indices)), tmp)
         except Exception as e:
             warnings.warn(f"Could not write the image cache {cache_fn} ({e}); the images will be decoded again next time")
     return images, indices

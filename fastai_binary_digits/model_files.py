@@ -2,28 +2,31 @@
 the architecture, the loss, the image preparation) and its pair check; fastai's pickle export beside it, for trusted
 files only"""
 from __future__ import annotations
-import json
+import hashlib, json, os
 from pathlib import Path
 
+import torch
 from torch import nn
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors, save_file
+from safetensors.torch import load as load_safetensors, save
 
 from .checks import BinaryDigitsError, check_pair
-from .files import atomic_path
+from .files import atomic_path, open_regular
 from .losses import BinaryLoss, log_loss, mnist_loss
 from .models import ARCHS
 from .pair_check import PREFIX, PairCheck
 
 __all__ = ['export_binary_learner', 'read_model_file', 'load_pickle', 'check_model_suffix', 'existing_model_file',
-           'SAFE_SUFFIX', 'PICKLE_SUFFIX']
+           'content_sha256', 'file_size', 'SAFE_SUFFIX', 'PICKLE_SUFFIX']
 
 FORMAT = 'fastai_binary_digits'  # the `format` entry of the metadata: a model file of this package
 FORMAT_VERSION = 2               # bumped whenever a file of the new layout could not be read by an older package
 # version 2 holds a pair check (tensors under 'pair_check.', metadata `pair_check`); a file without one is version 1
 SAFE_SUFFIX, PICKLE_SUFFIX = '.safetensors', '.pkl'
 LOSSES = {'mnist_loss': mnist_loss, 'log_loss': log_loss}  # the losses the safe format holds, by name
-MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+MAX_HEADER = 100_000     # bytes of JSON header: ours are a few KB; a larger one is not a model file of this package
+MAX_FILE = 64*2**20      # bytes: the largest built-in model's file is about 1 MB; a larger file is refused unread
+MAX_DIGITS = 20          # the header's numbers are whole, of at most this many digits (a 64-bit size or offset)
 _FORMATS = ("'.safetensors' (the safe format: weights and settings only, it cannot run code; written by "
             "`learn.export('model.safetensors')`) or '.pkl' (fastai's pickle export, `learn.export('model.pkl')`, "
             "which runs code when loaded: only from people you trust)")
@@ -89,6 +92,26 @@ def _facts(learn) -> dict:
                 prepare=json.dumps(bool(getattr(learn.dls, 'prepare', True))), package_version=__version__)
 
 
+def content_sha256(tensors:dict, metadata:dict) -> str:
+    """sha256 of a model file's content: its metadata (but the `sha256` entry) and, by name, each tensor's dtype, shape
+    and bytes; a byte changed anywhere, or two tensors' bytes swapped, changes it"""
+    h = hashlib.sha256(json.dumps({k: v for k, v in metadata.items() if k != 'sha256'}, sort_keys=True).encode())
+    for k in sorted(tensors):
+        t = tensors[k].detach().to('cpu').contiguous()
+        h.update(json.dumps([k, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def file_size(arch:str, suffix:str=SAFE_SUFFIX, pair_check:bool=False) -> int:
+    """At most how many bytes the model file of a learner of the built-in `arch` takes: its tensors, and what goes along
+    (with `pair_check`, the check's too)"""
+    with torch.device('meta'): model = ARCHS[arch]()  # a skeleton: shapes and types, no data
+    data = sum(t.numel()*t.element_size() for t in model.state_dict().values())
+    if pair_check: data += PairCheck.size()
+    return data + (64_000 if suffix.lower() == PICKLE_SUFFIX else 16_000)  # fastai's pickle of a learner; the header
+
+
 def export_binary_learner(learn, fname:str|Path='export.safetensors'):
     """Write `learn`'s weights and settings to `learn.path/fname` in the safe format (`safetensors`), atomically;
     `learn.export(fname)` does this for a `fname` ending in '.safetensors'. Load it with `load_binary_learner`"""
@@ -109,8 +132,9 @@ def export_binary_learner(learn, fname:str|Path='export.safetensors'):
     if check is not None:
         check_tensors, metadata['pair_check'] = check.state()
         tensors.update(check_tensors)
+    metadata['sha256'] = content_sha256(tensors, metadata)  # checked on load: a damaged file is refused
     with atomic_path(Path(learn.path).expanduser()/Path(fname).expanduser()) as tmp:  # `tmp` is absolute
-        save_file(tensors, tmp, metadata=metadata)
+        tmp.write_bytes(save(tensors, metadata=metadata))  # Python's own write: a full disk is an `OSError` (ENOSPC)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,18 +167,55 @@ _SAFETENSORS_WORDS = {  # safetensors' own errors, in words that say what is wro
 }
 
 
+def _read_bytes(fn:Path) -> bytes:
+    "The bytes of the model file `fn`: a regular file (never a FIFO or a device) of at most `MAX_FILE` bytes"
+    with open_regular(fn, 'model file') as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(MAX_FILE + 1) if size <= MAX_FILE else b''
+    if size > MAX_FILE or len(data) > MAX_FILE:
+        raise _content_error(fn, f"it is {max(size, len(data)):,} bytes long; a model file of this package is at most "
+                                 f"{MAX_FILE:,} (its largest architecture's is about 1 MB): it is another kind of file")
+    return data
+
+
+def _strict_json(fn:Path, text:str|bytes):
+    """`text` parsed as JSON by the rules of a model file's header: each key once (JSON leaves it to the reader which of
+    two counts), whole numbers only (no fractions, exponents, `Infinity` or `NaN`); a clear error otherwise"""
+    def no_duplicates(pairs):
+        d = {}
+        for k, v in pairs:
+            if k in d: raise _content_error(fn, f"its header names {k!r} twice (JSON does not say which one counts): "
+                                                "the file is damaged or was edited; export it again")
+            d[k] = v
+        return d
+    def whole(s:str):
+        if len(s.lstrip('-')) > MAX_DIGITS or not s.lstrip('-').isdigit():
+            raise _content_error(fn, f"its header holds the number {s[:30]}; a model file's header holds only whole "
+                                     f"numbers of at most {MAX_DIGITS} digits: the file is damaged; export it again")
+        return int(s)
+    try:
+        if isinstance(text, bytes): text = text.decode('utf-8')  # safetensors' headers are UTF-8, nothing else
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_int=whole, parse_float=whole,
+                          parse_constant=whole)
+    except BinaryDigitsError: raise
+    except RecursionError:
+        raise _content_error(fn, "its header nests lists or objects too deeply to read (a safetensors header nests "
+                                 "three deep): the file is damaged; export it again") from None
+    except ValueError as e:  # `UnicodeDecodeError` and `json.JSONDecodeError` are `ValueError`s
+        raise _content_error(fn, f"its header is not valid JSON ({e}); the file is damaged: export it again") from None
+
+
 def _header(fn:Path, data:bytes) -> dict:
     "The JSON header of the safetensors bytes `data`, after the checks of its size that need no parser"
     if len(data) < 8: raise _content_error(fn, f"it is {len(data)} bytes long, too short for the 8-byte header size "
                                                 "(truncated or empty); export it again")
     n = int.from_bytes(data[:8], 'little')
-    if n > MAX_HEADER: raise _content_error(fn, f"its first 8 bytes give a header of {n:,} bytes, which no "
-                                                 "safetensors file has (is it another kind of file?)")
+    if n > MAX_HEADER:
+        raise _content_error(fn, f"its first 8 bytes give a header of {n:,} bytes; a model file's header is a few KB "
+                                 f"(at most {MAX_HEADER:,} bytes): is it another kind of file?")
     if 8 + n > len(data): raise _content_error(fn, f"it is truncated: its header alone claims {n:,} bytes, but the "
                                                     f"file holds {len(data) - 8:,} after the header size; export it again")
-    try: header = json.loads(data[8:8+n])
-    except ValueError as e:  # `UnicodeDecodeError` and `json.JSONDecodeError` are `ValueError`s
-        raise _content_error(fn, f"its header is not valid JSON ({e}); the file is damaged: export it again") from None
+    header = _strict_json(fn, data[8:8+n])
     if not isinstance(header, dict): raise _content_error(fn, "its header is not a JSON object")
     return header
 
@@ -166,12 +227,29 @@ def _tensors(fn:Path, data:bytes) -> dict:
         why = str(e).split(': ', 1)[-1] if str(e).startswith('Error while') else str(e)
         words = next((w for k, w in _SAFETENSORS_WORDS.items() if k in why), f"its header is damaged ({why})")
         raise _content_error(fn, f"{words}; export it again") from None
+    except Exception as e:  # safetensors' conversion to torch tensors: a data type torch lacks, ...
+        raise _content_error(fn, f"its tensors cannot be read ({type(e).__name__}: {e}); export it again") from None
+
+
+def _metadata(fn:Path, header:dict) -> dict:
+    "The metadata of a model file's `header`: a JSON object of strings, as safetensors requires (or none: empty)"
+    meta = header.get('__metadata__', {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _content_error(fn, "its `__metadata__` is not a JSON object of strings, as safetensors requires: the "
+                                 "file is damaged; export it again")
+    return meta
+
+
+def _check_sha256(fn:Path, meta:dict, tensors:dict):
+    "A clear error when the content's checksum is not the one written with it (files written before checksums: none)"
+    if 'sha256' in meta and meta['sha256'] != content_sha256(tensors, meta):
+        raise _content_error(fn, "its content does not match its checksum (sha256): a byte of it was changed since it "
+                                 "was written (a damaged disk or copy?); export it again")
 
 
 def _read_metadata(fn:Path, meta) -> dict:
     "The checked facts in a model file's metadata: format version, pair, architecture, loss, prepare"
     from . import __version__
-    meta = meta if isinstance(meta, dict) else {}
     if meta.get('format') != FORMAT:
         raise _content_error(fn, "its metadata does not say `format: fastai_binary_digits` (it is a safetensors file, "
                                  "but not one written by `learn.export('model.safetensors')`)")
@@ -182,8 +260,8 @@ def _read_metadata(fn:Path, meta) -> dict:
         raise _content_error(fn, f"it is format version {version}, written by a newer fastai_binary_digits "
                                  f"({meta.get('package_version', 'unknown')}); this one ({__version__}) reads up to "
                                  f"version {FORMAT_VERSION}: upgrade the package")
-    try: pair = check_pair(json.loads(meta['pair']))
-    except (KeyError, TypeError, ValueError):  # `json.JSONDecodeError` is a `ValueError`
+    try: pair = check_pair(_strict_json(fn, meta['pair']))
+    except (KeyError, ValueError):  # `BinaryDigitsError` is a `ValueError`
         raise _content_error(fn, f"its `pair` is {meta.get('pair')!r}; expected two distinct digits 0-9 such as [4, 8]") from None
     arch, loss, prepare = meta.get('arch'), meta.get('loss'), meta.get('prepare', 'true')
     if arch not in ARCHS:
@@ -212,6 +290,7 @@ def _model(fn:Path, arch:str, tensors:dict) -> nn.Module:
     try: model.load_state_dict(tensors)
     except RuntimeError as e:  # PyTorch names each missing, extra and misshapen tensor
         why = ' '.join(str(e).split('\n')[1:]).replace('\t', '').strip()
+        if len(why) > 600: why = why[:600] + ' ...'  # a header may name thousands of tensors
         raise _content_error(fn, f"its tensors are not those of the {arch!r} architecture: {why}") from None
     return model
 
@@ -223,10 +302,11 @@ def read_model_file(fname:str|Path) -> tuple:
     if fn.suffix.lower() != SAFE_SUFFIX:
         raise BinaryDigitsError(f"{fn} does not end in '.safetensors': `load_binary_learner` reads only the safe "
                                 "format; use `load_model_file` for either format")
-    data = fn.read_bytes()
+    data = _read_bytes(fn)
     _refuse_pickles(fn, data[:9])
-    meta = _header(fn, data).get('__metadata__')
+    meta = _metadata(fn, _header(fn, data))
     facts, tensors = _read_metadata(fn, meta), _tensors(fn, data)
+    _check_sha256(fn, meta, tensors)
     facts['pair_check'] = _pair_check(fn, tensors, meta)
     return facts, _model(fn, facts['arch'], tensors)
 
@@ -235,7 +315,7 @@ def load_pickle(fname:str|Path, cpu:bool=True):
     "fastai's `load_learner`, its warning shown; a clear error when the file is not a learner of two digits"
     from fastai.learner import Learner, load_learner
     fn = existing_model_file(fname)
-    with open(fn, 'rb') as f:
+    with open_regular(fn, 'model file') as f:
         if _looks_safe(f.read(9)):
             raise BinaryDigitsError(f"{fn} is a safetensors file, not a pickle: rename it to "
                                     f"{fn.with_suffix(SAFE_SUFFIX).name} and it loads safely")

@@ -109,6 +109,12 @@ class PairCheck:
         check.stats = dict(passed=float(ok[pair].float().mean()), flagged=float((~ok[~pair]).float().mean()))
         return check
 
+    @staticmethod
+    def size() -> int:
+        "How many bytes a check's tensors take in a safe model file"
+        with torch.device('meta'): model = check_net()  # a skeleton: shapes and types, no data
+        return sum(t.numel()*t.element_size() for t in model.state_dict().values()) + N_CENTROIDS*N_FREQ**2*2
+
     def to(self, device) -> PairCheck:
         "This check with its model and centroids on `device`"
         self.model.to(device)
@@ -125,8 +131,8 @@ class PairCheck:
     @classmethod
     def from_state(cls, tensors:dict, meta:str) -> PairCheck:
         "The check that `state` wrote, each part checked; a `ValueError` saying what is wrong otherwise"
-        try: facts = json.loads(meta)
-        except ValueError: raise ValueError(f"its `pair_check` metadata is not JSON: {meta[:80]!r}") from None
+        try: facts = json.loads(meta, object_pairs_hook=_once, parse_constant=_no_constant)
+        except ValueError as e: raise ValueError(f"its `pair_check` metadata is not JSON ({e}): {meta[:80]!r}") from None
         nums = {k: facts.get(k) if isinstance(facts, dict) else None for k in ('threshold', 'min_similarity')}
         for k, v in nums.items():
             if not (type(v) in (int, float) and -1 <= v <= 1): raise ValueError(
@@ -150,6 +156,16 @@ class PairCheck:
         seen = (f": on the validation images, {self.stats['passed']:.1%} of the pair's digits pass and "
                 f"{self.stats['flagged']:.1%} of the other digits are flagged") if self.stats else ''
         return f'{type(self).__name__}(threshold={self.threshold:.4f}, min_similarity={self.min_similarity:.4f}){seen}'
+
+
+def _once(pairs) -> dict:
+    "A JSON object whose keys each come once (JSON leaves it to the reader which of two counts)"
+    d = dict(pairs)
+    if len(d) != len(pairs): raise ValueError(f"a key comes twice in {[k for k, _ in pairs]}")
+    return d
+
+
+def _no_constant(s:str): raise ValueError(f"{s} is no number")
 
 
 def _describe(t) -> str:

@@ -212,12 +212,17 @@ def _resized(o) -> np.ndarray:
     return np.asarray(im if im.size == (28, 28) else im.resize((28, 28), Image.BILINEAR))
 
 
+def digit_image(o, prepare:bool=True) -> np.ndarray|None:
+    "`o` as the 28x28 uint8 image the model sees (`prepare_digit`'s, or resized whole unless `prepare`); None: no digit"
+    return _resized(o) if not prepare or _is_row(o) else prepare_digit(o)
+
+
 def digit_images(items, prepare:bool=True) -> tuple:
-    """Each of `items` as the 28x28 uint8 image the model sees (`prepare_digit`'s, or resized whole unless `prepare`),
-    and whether a digit was found in it (the image is blank where not)"""
+    """Each of `items` as the 28x28 uint8 image the model sees (`digit_image`), and whether a digit was found in it (the
+    image is blank where not). One item is read and prepared at a time: memory does not grow with their number"""
     images, found = np.zeros((len(items), 28, 28), np.uint8), np.ones(len(items), bool)
     for i, o in enumerate(items):
-        a = _resized(o) if not prepare or _is_row(o) else prepare_digit(o)
+        a = digit_image(o, prepare)
         if a is None: found[i] = False
         else: images[i] = a
     return images, found

@@ -1,5 +1,5 @@
 "The command line for real: `python -m fastai_binary_digits` trains, exports, predicts and evaluates on real digits"
-import json, os, re, shutil, subprocess, sys
+import errno, json, os, re, shutil, signal, subprocess, sys, tempfile
 from pathlib import Path
 
 import pytest
@@ -147,8 +147,9 @@ def test_predict_says_no_digit_found_and_goes_on_past_unreadable_images(trained,
     out = lines(res.stdout)
     assert len(out) == 3 and out[1] == f'{tmp_path/"blank.png"}: no digit found'
     assert all(re.fullmatch(rf'{re.escape(str(fn))}: [48] \(\d\.\d{{3}}\)', l) for fn, l in zip(good, out[::2])), out
-    assert lines(res.stderr) == [f'{fns[2]}: error: Could not read the image {fns[2]}: cannot identify image file '
-                                 f"'{fns[2]}'", f'{fns[3]}: error: Image file {fns[3]} does not exist']
+    assert lines(res.stderr) == [f'{fns[2]}: error: Could not read the image {fns[2]}: it is not a picture in a format '
+                                 'read here (PNG, JPEG, GIF, BMP, TIFF, WEBP)',
+                                 f'{fns[3]}: error: Image file {fns[3]} does not exist']
     # what the model saw, for each image that held a digit
     assert sorted(p.name for p in (tmp_path/'seen').iterdir()) == sorted(f'{Path(fn).stem}.png' for fn in good)
     for fn in good:
@@ -545,3 +546,164 @@ def test_arch_choices_are_the_models():
     import fastai_binary_digits.cli as cli_mod
     from fastai_binary_digits.models import ARCHS
     assert list(cli_mod.ARCH_NAMES) == list(ARCHS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hostile images: one line each, the others answered
+
+@pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='needs named pipes (os.mkfifo)')
+def test_predict_refuses_fifos_strips_and_bombs_one_line_each(trained, images, tmp_path, capsys):
+    "A FIFO (reading it would wait forever), a 1x600 JPEG, a 160-megapixel strip: an error line each, the rest answered"
+    from test_images import png_header
+    d, _ = trained
+    os.mkfifo(tmp_path/'fifo.png')
+    Image.new('L', (1, 600), 128).save(tmp_path/'thin.jpg')
+    (tmp_path/'strip.png').write_bytes(png_header(4, 40_000_000))
+    good = [str(fn) for fn, _ in images[:2]]
+    bad = [str(tmp_path/n) for n in ('fifo.png', 'thin.jpg', 'strip.png')]
+    def stop(*_): raise TimeoutError('predict blocked')
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(120)  # a guard against a hang, not a timing
+    try: code = main(['predict', str(d/'models'/'model.safetensors'), good[0], *bad, good[1]])
+    finally: signal.alarm(0); signal.signal(signal.SIGALRM, old)
+    res = capsys.readouterr()
+    assert code == 1
+    assert [l.split(':')[0] for l in lines(res.out)] == good and all(re.search(r': [48] \(', l) for l in lines(res.out))
+    assert lines(res.err) == [
+        f"{bad[0]}: error: {bad[0]} is a FIFO (named pipe), not an image file: give a regular file (reading this one "
+        "might never end)",
+        f"{bad[1]}: error: The image {bad[1]} is 1x600 pixels, a strip: a picture of a digit is at most 50 times "
+        "longer than wide (1:50); crop it around the digit",
+        f"{bad[2]}: error: The image {bad[2]} is 4x40,000,000 pixels (160 megapixels): images of up to 50 megapixels "
+        "are read; shrink it, or crop it around the digit"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A full disk: refused before training when the room is known to be short; a write that fails anyway is one line,
+# and the trained model is kept elsewhere
+
+@pytest.fixture
+def small_disk(tmp_path):
+    "A real 1 MB file system (tmpfs), mounted for this test: needs root and mount(8)"
+    d = tmp_path/'disk'
+    d.mkdir()
+    if shutil.which('mount') is None: pytest.skip('no mount(8) here to make a 1 MB file system')
+    res = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(d)], capture_output=True, text=True)
+    if res.returncode: pytest.skip(f'cannot mount a 1 MB file system here (needs root): {res.stderr.strip()}')
+    yield d
+    subprocess.run(['umount', str(d)], check=True)
+
+
+def fill(disk:Path, leave:int=0):
+    "Take the room on `disk`, but `leave` bytes"
+    with open(disk/f'filler{len(list(disk.iterdir()))}', 'wb') as f:
+        try: f.write(bytes(max(shutil.disk_usage(disk).free - leave, 0)))
+        except OSError as e: assert e.errno == errno.ENOSPC
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    "`Learner.fit` recorded and skipped (the tests here are about what comes before and after it); the learner kept"
+    from fastai.learner import Learner
+    import fastai_binary_digits.learner as learner_mod
+    seen = {'fit': 0}
+    def fit(self, *a, **k): seen['fit'] += 1
+    monkeypatch.setattr(Learner, 'fit', fit)
+    make = learner_mod.binary_learner
+    def keep(*a, **k):
+        seen['learn'] = make(*a, **k)
+        return seen['learn']
+    monkeypatch.setattr(learner_mod, 'binary_learner', keep)
+    return seen
+
+
+def test_train_refuses_at_once_a_disk_without_room(small_disk, no_training, capsys):
+    fill(small_disk, leave=100_000)
+    assert main(['train', '--sample', '--arch', 'deep', '--out', str(small_disk/'model.safetensors')]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"error: --out {small_disk/'model.safetensors'}: the disk mounted at {small_disk} has \d+ KB "
+                        r"free, and what this command writes there needs about 1.1 MB: free some space there or "
+                        r"choose another place \(nothing was done\)\n", err), err
+    assert no_training['fit'] == 0 and 'learn' not in no_training
+    # the model and the report together
+    assert main(['train', '--sample', '--out', str(small_disk/'m.safetensors'), '--report', str(small_disk/'r')]) == 2
+    assert 'needs about 489 KB' in capsys.readouterr().err and no_training['fit'] == 0  # with the pair check's 70 KB
+    assert main(['train', '--sample', '--out', str(small_disk/'m.safetensors'), '--report', str(small_disk/'r'),
+                 '--no-check']) == 2
+    assert 'needs about 419 KB' in capsys.readouterr().err and no_training['fit'] == 0
+
+
+def test_evaluate_refuses_at_once_a_report_without_room(trained, small_disk, capsys, monkeypatch):
+    import fastai_binary_digits.cli as cli_mod
+    monkeypatch.setattr(cli_mod, '_load_model', lambda fn: pytest.fail('loaded the model before checking the room'))
+    fill(small_disk, leave=50_000)
+    d, _ = trained
+    assert main(['evaluate', str(d/'models'/'model.safetensors'), '--sample', '--report', str(small_disk/'r')]) == 2
+    assert re.fullmatch(rf"error: --report {small_disk/'r'}: the disk mounted at {small_disk} has \d+ KB free, and what "
+                        r"this command writes there needs about 400 KB: .*\(nothing was done\)\n", capsys.readouterr().err)
+
+
+def _check_rescued(err:str, out:Path, disk:Path|None, learn, rescue_dir:Path):
+    "One line naming the full disk and where the trained model went; that file holds the learner's weights"
+    import torch
+    from fastai_binary_digits import load_model_file
+    disk = r'\S+' if disk is None else re.escape(str(disk))
+    out_, kept = re.escape(str(out)), re.escape(str(rescue_dir/'model-'))
+    m = re.fullmatch(rf"error: Could not write {out_}: the disk mounted at {disk} is full \([\d,.]+ [KMG]B free\)\. "
+                     rf"The trained model was written to ({kept}\w+{out.suffix}) instead: move it where you want it, "
+                     rf"such as {out_}\n", err)
+    assert m, err
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # fastai's pickle warning
+        kept = load_model_file(m[1])
+    for k, v in learn.model.state_dict().items(): assert torch.equal(kept.model.state_dict()[k], v.cpu()), k
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.pkl'])
+def test_a_full_disk_after_training_keeps_the_model(suffix, small_disk, no_training, tmp_path, capsys, monkeypatch):
+    "The room was there when training began and is gone when it ends (a real ENOSPC): the model goes elsewhere"
+    import fastai_binary_digits.cli as cli_mod
+    rescue = tmp_path/'rescue'
+    rescue.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(rescue))
+    out = small_disk/f'model{suffix}'
+    out.write_bytes(b'an earlier model')
+    from fastai.learner import Learner
+    monkeypatch.setattr(Learner, 'fit', lambda self, *a, **k: fill(small_disk))  # training ends on a full disk
+    assert main(['train', '--sample', '--out', str(out), '--no-check']) == 2  # (`no_training` keeps the last learner)
+    _check_rescued(capsys.readouterr().err, out, small_disk, no_training['learn'], rescue)
+    assert out.read_bytes() == b'an earlier model' and not list(small_disk.glob('.*.tmp'))
+
+
+def test_a_full_disk_for_the_report_is_one_line(small_disk, capsys, monkeypatch):
+    "The report's pictures need a trained learner (its losses): one epoch"
+    import fastai_binary_digits.cli as cli_mod
+    export = cli_mod._export
+    def export_then_fill(*a):
+        export(*a)
+        fill(small_disk)
+    monkeypatch.setattr(cli_mod, '_export', export_then_fill)
+    out = small_disk/'model.safetensors'
+    assert main(['train', '--sample', '--epochs', '1', '--out', str(out), '--report', str(small_disk/'report'),
+                 '--no-check']) == 2
+    res = capsys.readouterr()
+    assert lines(res.out)[-1] == f'Exported the learner to {out}'
+    assert re.fullmatch(rf"error: Could not write the report into {small_disk}/report: the disk mounted at "
+                        rf"{small_disk} is full \(0 KB free\) \(the model is in {out}\)\n", res.err), res.err
+    assert out.stat().st_size > 3000
+
+
+def test_a_failed_write_is_one_line_and_the_model_is_kept_simulated(no_training, tmp_path, capsys, monkeypatch):
+    "Where no small file system can be mounted: the export fails with ENOSPC, as a full disk makes it"
+    from fastai_binary_digits.learner import BinaryLearner
+    rescue, disk = tmp_path/'rescue', tmp_path/'full'
+    rescue.mkdir(); disk.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(rescue))
+    export = BinaryLearner.export
+    def full(self, fname, **k):
+        if Path(fname).parent == disk: raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return export(self, fname, **k)
+    monkeypatch.setattr(BinaryLearner, 'export', full)
+    assert main(['train', '--sample', '--out', str(disk/'model.safetensors'), '--no-check']) == 2
+    _check_rescued(capsys.readouterr().err, disk/'model.safetensors', None, no_training['learn'], rescue)

@@ -1,5 +1,5 @@
 "The data layer: the bundled sample, mnist_png through untar_data, IDX folders, the cache, the loaders, bad input"
-import gzip, hashlib, os, shutil, warnings
+import gzip, hashlib, os, random, shutil, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -400,6 +400,40 @@ def test_unreadable_cache_warns_in_one_line(damage, sample_png, tmp_path):
     msg = str(ws[0].message)
     assert '\n' not in msg and str(fn) in msg and 'rebuild' in msg and 'weights_only' not in msg, msg
     assert len(msg.replace(str(fn), '')) < 120, msg  # short, whatever the length of the (temporary) path
+
+
+def test_a_flipped_byte_in_the_cache_is_rebuilt_not_served(sample_png, tmp_path):
+    "`torch.load` does not check its zip's CRCs: the cache's own checksum finds the byte and the cache is rebuilt"
+    root = _copy_png(sample_png, tmp_path/'mnist_png')
+    ref = load_digits((4,), 'testing', path=root)[4][0]
+    fn = root/'.fastai_binary_digits'/'testing-4.pt'
+    good = fn.read_bytes()
+    at = good.index(ref.numpy().tobytes()[len(ref)//2*784:][:784])  # the middle image's pixels, in the file
+    fn.write_bytes(good[:at+400] + bytes([good[at+400] ^ 0x10]) + good[at+401:])
+    with pytest.warns(UserWarning, match=r"The image cache .*testing-4.pt is damaged: its checksum does not match; "
+                                         r"decoding the images again and rebuilding it"):
+        assert torch.equal(load_digits((4,), 'testing', path=root)[4][0], ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # rebuilt: read without a word the next time
+        assert torch.equal(load_digits((4,), 'testing', path=root)[4][0], ref)
+    r = random.Random(21)  # and a byte flipped anywhere: never served
+    for i in r.sample(range(len(good)), 12):
+        fn.write_bytes(good[:i] + bytes([good[i] ^ (1 << r.randrange(8))]) + good[i+1:])
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            assert torch.equal(load_digits((4,), 'testing', path=root)[4][0], ref), i
+
+
+def test_temporary_files_left_by_a_killed_write_are_removed(sample_png, tmp_path):
+    "A process killed while writing the cache leaves its temporary file: removed once old enough to be no one's"
+    root = _copy_png(sample_png, tmp_path/'mnist_png')
+    load_digits((4,), 'testing', path=root)
+    cache = root/'.fastai_binary_digits'
+    old, young = cache/'.testing-4.pt.k1ll3d.tmp', cache/'.testing-4.pt.wr1t1ng.tmp'
+    for f in (old, young): f.write_bytes(b'half a cache')
+    os.utime(old, (time.time() - 3600,)*2)
+    load_digits((4,), 'testing', path=root)
+    assert not old.exists() and young.exists()
 
 
 @pytest.mark.parametrize('pair, message', [

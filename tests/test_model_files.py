@@ -1,6 +1,6 @@
 """Model files that cannot run code: the safe format's round trip for every built-in architecture, hostile and lying
 files refused with clear errors, and fastai's pickle export beside it with its warning shown"""
-import json, pickle, subprocess, sys, textwrap, warnings
+import json, os, pickle, re, subprocess, sys, textwrap, warnings
 
 import matplotlib
 matplotlib.use('Agg')
@@ -14,11 +14,11 @@ from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner, load_learner
 from fastai.losses import BCEWithLogitsLossFlat
 
-from fastai_binary_digits import (ARCHS, BinaryDigitsDataLoaders, BinaryLearner, __version__, binary_learner,
-                                  export_binary_learner, load_binary_learner, load_model_file, log_loss, mnist_loss,
-                                  plot_weights)
+from fastai_binary_digits import (ARCHS, BinaryDigitsDataLoaders, BinaryDigitsError, BinaryLearner, __version__,
+                                  binary_learner, export_binary_learner, load_binary_learner, load_model_file, log_loss,
+                                  mnist_loss, plot_weights)
 from fastai_binary_digits.cli import main
-from fastai_binary_digits.model_files import FORMAT_VERSION
+from fastai_binary_digits.model_files import FORMAT_VERSION, MAX_FILE, content_sha256
 
 PICKLE_WARNING = r"insecure pickle"  # fastai's warning when `load_learner` unpickles a file
 
@@ -100,11 +100,13 @@ def test_round_trip_in_a_new_process_is_bitwise(learners, files, images):
 def test_the_file_holds_the_facts_and_the_weights(learners, files):
     with safe_open(files['cnn'][0], framework='pt') as f:
         meta = f.metadata()
+        digest = meta.pop('sha256')
         assert meta == dict(format='fastai_binary_digits', format_version='1', pair='[4, 8]',  # 1: no pair check
                             arch='cnn', loss='mnist_loss', prepare='true', package_version=__version__)
         state = learners['cnn'].model.state_dict()
         assert sorted(f.keys()) == sorted(state)
         for k, v in state.items(): assert torch.equal(f.get_tensor(k), v), k  # batchnorm's running stats too
+        assert re.fullmatch('[0-9a-f]{64}', digest) and digest == content_sha256(state, meta)
 
 
 def test_loaded_learner_is_inference_ready(learners, files, dls, tmp_path):
@@ -186,7 +188,7 @@ def test_export_is_atomic(learners, tmp_path, monkeypatch):
     good = fn.read_bytes()
     from fastai_binary_digits import model_files
     def _fail(*a, **k): raise OSError('disk full')
-    monkeypatch.setattr(model_files, 'save_file', _fail)
+    monkeypatch.setattr(model_files, 'save', _fail)
     with pytest.raises(OSError, match='disk full'): learners['simple'].export(fn)
     assert fn.read_bytes() == good and not list(tmp_path.glob('.*.tmp'))
 
@@ -329,8 +331,10 @@ LIES = [  # (what, edit of the tensors `t` and metadata `m`, the error)
 
 @pytest.mark.parametrize('what, edit, message', LIES, ids=[w for w, *_ in LIES])
 def test_a_safe_file_whose_header_lies(what, edit, message, files, tmp_path):
+    "Lies told consistently (the checksum written for them, as a tool that knows the format would): each named"
     t, m = _tensors_and_metadata(files['linear'][0])
     edit(t, m)
+    if 'sha256' in m: m['sha256'] = content_sha256(t, m)
     fn = tmp_path/'lying.safetensors'
     save_file(t, fn, metadata=m or None)
     for load in (load_binary_learner, load_model_file):
@@ -371,7 +375,8 @@ BROKEN = [  # (what, the file's bytes from the good file's, the error)
     ('shape lies about the data', _shape_lie,
      r"its header gives a tensor a shape and data type that do not match its bytes"),
     ('header size lies', lambda fn: (2**40).to_bytes(8, 'little') + fn.read_bytes()[8:],
-     r"its first 8 bytes give a header of 1,099,511,627,776 bytes, which no safetensors file has"),
+     r"its first 8 bytes give a header of 1,099,511,627,776 bytes; a model file's header is a few KB \(at most "
+     r"100,000 bytes\): is it another kind of file\?"),
     ('header not json', lambda fn: fn.read_bytes()[:8] + b'!' + fn.read_bytes()[9:],
      r"its header is not valid JSON \(Expecting value: line 1 column 1 \(char 0\)\); the file is damaged"),
     ('header a list', lambda fn: _header_bytes([1, 2]), r"its header is not a JSON object"),
@@ -385,7 +390,7 @@ BROKEN = [  # (what, the file's bytes from the good file's, the error)
     ('bytes after the tensors', lambda fn: fn.read_bytes() + b'junk',
      r"the tensors its header describes do not fill the file: .* other bytes follow them \(two files joined\?\)"),
     ('a text file', lambda fn: b'hello, this is not a model\n',
-     r"its first 8 bytes give a header of [\d,]+ bytes, which no"),
+     r"its first 8 bytes give a header of [\d,]+ bytes; a model file's header is a few KB"),
 ]
 
 
@@ -399,13 +404,126 @@ def test_a_broken_safe_file(what, content, message, files, tmp_path):
 
 def test_the_command_line_names_the_lie(files, images, tmp_path, capsys):
     t, m = _tensors_and_metadata(files['linear'][0])
-    save_file({**t, 'weight': t['weight'].reshape(784, 1)}, tmp_path/'lying.safetensors', metadata=m)
+    t['weight'] = t['weight'].reshape(784, 1)
+    save_file(t, tmp_path/'lying.safetensors', metadata={**m, 'sha256': content_sha256(t, m)})
     assert main(['predict', str(tmp_path/'lying.safetensors'), images[0]]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [f"error: Cannot load {tmp_path/'lying.safetensors'} as a safetensors model file: its "
                                 "tensors are not those of the 'linear' architecture: size mismatch for weight: copying a "
                                 "param with shape torch.Size([784, 1]) from checkpoint, the shape in current model is "
                                 "torch.Size([1, 784])."]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Damaged files and hostile headers: refused, in bounded time and memory, never loaded with other weights or facts
+
+def _flip(b:bytes, i:int) -> bytes: return b[:i] + bytes([b[i] ^ 1]) + b[i+1:]
+
+
+def _duplicate(key:str, value:str):
+    "An edit of a header's JSON text that gives the metadata's `key` a second value, before the first"
+    def edit(fn):
+        header, data = _raw(fn)
+        h = json.dumps(header).replace('"__metadata__": {', f'"__metadata__": {{"{key}": "{value}", ', 1).encode()
+        return len(h).to_bytes(8, 'little') + h + data
+    return edit
+
+
+def _text_edit(old:str, new:str):
+    "An edit of a header's JSON text: the first `old` becomes `new`"
+    def edit(fn):
+        header, data = _raw(fn)
+        h = json.dumps(header).replace(old, new, 1).encode()
+        return len(h).to_bytes(8, 'little') + h + data
+    return edit
+
+
+def _swap_same_size(fn):
+    "The bytes of a BatchNorm's weight and bias swapped in the header: a valid layout, other weights"
+    def edit(h):
+        a, b = h['1.1.weight'], h['1.1.bias']
+        a['data_offsets'], b['data_offsets'] = b['data_offsets'], a['data_offsets']
+    return _edit_raw(fn, edit)
+
+
+DAMAGED = [  # (what, the cnn file's bytes made damaged or hostile, the error)
+    ('a data byte flipped', lambda fn: _flip(fn.read_bytes(), len(fn.read_bytes()) - 1000),
+     r"its content does not match its checksum \(sha256\): a byte of it was changed since it was written"),
+    ('a digit of the pair flipped', lambda fn: fn.read_bytes().replace(b'"[4, 8]"', b'"[4, 9]"'),
+     r"its content does not match its checksum"),
+    ('two tensors swapped', _swap_same_size, r"its content does not match its checksum"),
+    ('pair twice, swapped', _duplicate('pair', '[8, 4]'),
+     r"its header names 'pair' twice \(JSON does not say which one counts\): the file is damaged or was edited"),
+    ("a tensor's dtype twice", _text_edit('"1.0.weight": {', '"1.0.weight": {"dtype": "F16", '),
+     r"its header names 'dtype' twice"),
+    ('Infinity', _text_edit('"data_offsets": [0, ', '"data_offsets": [Infinity, '),
+     r"its header holds the number Infinity; a model file's header holds only whole numbers of at most 20 digits"),
+    ('NaN', _text_edit('"shape": [', '"shape": [NaN, '), r"its header holds the number NaN"),
+    ('a fraction', _text_edit('"shape": [', '"shape": [1.5, '), r"its header holds the number 1.5"),
+    ('a huge number', _text_edit('"shape": [', '"shape": [' + '9' * 5000 + ', '),
+     r"its header holds the number 9{30};"),
+    ('a list for a number', _text_edit('"data_offsets": [0, ', '"data_offsets": [[0], '),
+     r"its header is damaged \(invalid JSON in header: invalid type: sequence, expected usize"),
+    ('nested 20,000 deep', _text_edit('"__metadata__": {', f'"x": {"[" * 20_000}{"]" * 20_000}, "__metadata__": {{'),
+     r"its header nests lists or objects too deeply to read \(a safetensors header nests three deep\)"),
+    ('a number in the metadata', _text_edit('"arch": "cnn"', '"arch": 3'),
+     r"its `__metadata__` is not a JSON object of strings, as safetensors requires"),
+    ('Infinity in the pair', lambda fn: fn.read_bytes().replace(b'"[4, 8]"', b'"[Inf, 8]"'),
+     r"its `pair` is '\[Inf, 8\]'; expected two distinct digits"),
+    ('a huge metadata string', lambda fn: _edit_raw(fn, lambda h: h['__metadata__'].update(note='x' * 50_000_000)),
+     r"its first 8 bytes give a header of 50,00[\d,]+ bytes; a model file's header is a few KB"),
+]
+
+
+@pytest.mark.parametrize('what, content, message', DAMAGED, ids=[w for w, *_ in DAMAGED])
+def test_a_damaged_or_hostile_file_is_refused(what, content, message, files, tmp_path):
+    fn = tmp_path/'damaged.safetensors'
+    fn.write_bytes(content(files['cnn'][0]))
+    with pytest.raises(BinaryDigitsError, match=r"^Cannot load .*damaged.safetensors as a safetensors model file: "
+                                                + message):
+        load_model_file(fn)
+
+
+def test_a_flipped_byte_on_the_command_line_is_one_line(files, images, tmp_path, capsys):
+    fn = tmp_path/'flipped.safetensors'
+    fn.write_bytes(_flip(files['linear'][0].read_bytes(), -5))
+    assert main(['predict', str(fn), images[0]]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: Cannot load {fn} as a safetensors model file: its content does not match its checksum (sha256): a "
+        "byte of it was changed since it was written (a damaged disk or copy?); export it again"]
+
+
+def test_a_file_written_before_checksums_still_loads(learners, files, images, tmp_path):
+    "Files without the `sha256` entry (written before it) load as before: every other check still applies"
+    t, m = _tensors_and_metadata(files['cnn'][0])
+    del m['sha256']
+    save_file(t, tmp_path/'old.safetensors', metadata=m)
+    assert _preds(load_model_file(tmp_path/'old.safetensors'), images) == _preds(learners['cnn'], images)
+    t['1.0.weight'] = t['1.0.weight'].reshape(-1)  # and a lie in such a file is still named
+    save_file(t, tmp_path/'old.safetensors', metadata=m)
+    with pytest.raises(BinaryDigitsError, match=r"size mismatch for 1.0.weight"):
+        load_model_file(tmp_path/'old.safetensors')
+
+
+@pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='needs named pipes (os.mkfifo)')
+def test_a_fifo_or_a_device_is_refused_without_being_read(tmp_path):
+    "Opening a FIFO for reading waits for a writer, forever: it is refused from its `stat`, as an endless device is"
+    os.mkfifo(tmp_path/'fifo.safetensors')
+    (tmp_path/'zero.safetensors').symlink_to('/dev/zero')
+    for name in ('fifo', 'zero'):
+        for load in (load_model_file, load_binary_learner):
+            with pytest.raises(BinaryDigitsError, match=rf"Model .*{name}.safetensors is not a file"):
+                load(tmp_path/f'{name}.safetensors')
+
+
+def test_a_file_too_large_to_be_a_model_is_refused_unread(files, tmp_path):
+    "A sparse file of 64 MB and a byte: refused from its size, before any of it is read"
+    fn = tmp_path/'huge.safetensors'
+    fn.write_bytes(files['linear'][0].read_bytes())
+    os.truncate(fn, MAX_FILE + 1)
+    with pytest.raises(BinaryDigitsError, match=r"it is 67,108,865 bytes long; a model file of this package is at most "
+                                                r"67,108,864 \(its largest architecture's is about 1 MB\)"):
+        load_model_file(fn)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from fastai_binary_digits import (BinaryDigitsDataLoaders, BinaryDigitsError, No
 from fastai_binary_digits.cli import main
 from fastai_binary_digits.data import images_to_x, testing_dl as pair_testing_dl  # (not a test)
 from fastai_binary_digits.mnist import load_digits
+from fastai_binary_digits.model_files import content_sha256
 from fastai_binary_digits.prepare import digit_images
 from renderings import RENDERINGS, render
 from shapes import SHAPES, shapes
@@ -244,6 +245,10 @@ def _check_meta(**kw):
 
 LIES = [  # (what, edit of the tensors `t` and metadata `m`, the error)
     ('metadata not json', lambda t, m: m.update(pair_check='{threshold'), r"its `pair_check` metadata is not JSON"),
+    ('a key twice', lambda t, m: m.update(pair_check='{"threshold": 0.5, "min_similarity": 0.9, "threshold": 0.99}'),
+     r"its `pair_check` metadata is not JSON \(a key comes twice"),
+    ('threshold NaN', lambda t, m: m.update(pair_check='{"threshold": NaN, "min_similarity": 0.9}'),
+     r"its `pair_check` metadata is not JSON \(NaN is no number\)"),
     ('threshold a string', _check_meta(threshold='0.5'),
      r"its pair check's `threshold` is '0.5'; expected a number from -1 to 1"),
     ('threshold above 1', _check_meta(threshold=7), r"its pair check's `threshold` is 7"),
@@ -263,8 +268,10 @@ LIES = [  # (what, edit of the tensors `t` and metadata `m`, the error)
 
 @pytest.mark.parametrize('what, edit, message', LIES, ids=[w for w, *_ in LIES])
 def test_a_file_whose_check_lies(what, edit, message, exported, tmp_path):
+    "Lies told consistently (the checksum written for them): each named"
     t, m = _tensors_and_metadata(exported/'checked.safetensors')
     edit(t, m)
+    m['sha256'] = content_sha256(t, m)
     save_file(t, tmp_path/'lying.safetensors', metadata=m)
     with pytest.raises(ValueError, match=r"Cannot load .*lying.safetensors as a safetensors model file: " + message):
         load_model_file(tmp_path/'lying.safetensors')
@@ -315,6 +322,7 @@ def test_predict_says_which_part_flagged_it(exported, unlike, tmp_path, capsys):
     "A shape unlike the pair's that the CNN passes (its threshold raised to 1 in a copy of the file): other words"
     t, m = _tensors_and_metadata(exported/'checked.safetensors')
     _check_meta(threshold=1.0)(t, m)
+    m['sha256'] = content_sha256(t, m)
     save_file(t, tmp_path/'lenient.safetensors', metadata=m)
     unlike.save(tmp_path/'letter.png')
     assert main(['predict', str(tmp_path/'lenient.safetensors'), str(tmp_path/'letter.png')]) == 1

@@ -345,6 +345,17 @@ def test_predict_json_says_in_pair(sample37, exported, images, capsys):
     assert row['digit'] in (3, 7) and row['in_pair'] is None and row['other_probability'] is None
 
 
+def test_the_page_reads_the_check(sample37, exported):
+    "The page's reader (no browser): another digit is 'neither', one of the pair is read; so from the safe file too"
+    from fastai_binary_digits.demo import DigitReader
+    learn, _, _, testing = sample37
+    three, five = _clear(learn, testing, 3), _clear(learn, testing, 5, other=True)
+    for each in (learn, load_binary_learner(exported/'checked.safetensors')):
+        read = DigitReader(each)
+        assert read(three).in_pair and read(three).probs['3'] > 0.5 and not read(five).in_pair
+        assert read(shapes('dots', 1, seed=3)[0]).probs is None  # a click of the brush: no digit found
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The full set: the figures, pairs trained from the IDX files, measured on every testing image
 

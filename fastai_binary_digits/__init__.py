@@ -1,7 +1,7 @@
 "Chapter 4 of the fastai book as a tool: classify any pair of MNIST digits with fastai, from scratch to `Learner`"
 __version__ = '0.1.0'
 
-_API_MODULES = ('data', 'losses', 'models', 'learner', 'plots', 'prepare', 'demo')
+_API_MODULES = ('data', 'losses', 'models', 'learner', 'pair_check', 'plots', 'prepare', 'demo')
 # ^ what `from fastai_binary_digits import *` gives (`demo` imports Gradio only when the demo runs)
 
 

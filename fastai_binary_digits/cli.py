@@ -1,5 +1,6 @@
 """The command line `fastai-binary-digits` (or `python -m fastai_binary_digits`): `train`, `predict`, `evaluate`, `demo`.
-Exit status 0 on success, 1 when `predict` gave some image no digit, 2 on bad usage or bad input (one `error:` line).
+Exit status 0 on success, 1 when `predict` gave some image no digit (none found, or neither of the pair's), 2 on bad
+usage or bad input (one `error:` line).
 Usage errors are found before torch and fastai are imported; any other failure is a bug, and shows its traceback."""
 from __future__ import annotations
 import argparse, errno, json, os, shutil, sys, tempfile, textwrap, warnings
@@ -80,6 +81,9 @@ def _add_train(sub):
                    help="where to write the learner: a '.safetensors' file (safe to share) or fastai's '.pkl' pickle")
     p.add_argument('--report', metavar='DIR', help=f"write PNG pictures into DIR: {', '.join(REPORT_FILES.values())} "
                                                    "(on the validation images)")
+    p.add_argument('--no-check', action='store_true',
+                   help="skip the pair check, trained by default after the model on the pair's digits against MNIST's "
+                        "other eight, so that `predict` says 'neither A nor B' for an image of another digit")
 
 
 def _add_predict(sub):
@@ -87,12 +91,15 @@ def _add_predict(sub):
                  "exported by `train`: one line per image with the digit and its probability. Drawings, photos of "
                  "paper and canvases of any size, colour and polarity are first made to look like MNIST's digits "
                  "(`prepare_digit`: the ink cropped, fitted in 20x20 and centred in 28x28); an image holding no digit "
-                 "gives 'no digit found'. Exit status 1 when any image could not be read or held no digit.", _predict)
+                 "gives 'no digit found', and with the model's pair check one that is neither of its two digits gives "
+                 "'neither A nor B'. Exit status 1 when any image could not be read, held no digit, or neither digit.",
+                 _predict)
     p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
     p.add_argument('images', metavar='IMAGE', nargs='+', help='image files (PNG, JPEG, ...)')
     p.add_argument('--json', action='store_true', help='print one JSON object per line: image, digit (null when no '
-                                                       'digit is found), probability, probabilities of both digits; '
-                                                       'or image and error')
+                                                       'digit is found or it is neither of the pair), in_pair, '
+                                                       'probability, probabilities of both digits, the pair check\'s '
+                                                       'other_probability; or image and error')
     p.add_argument('--save-prepared', metavar='DIR', help='write the 28x28 image the model saw for each image into '
                                                           'DIR, as DIR/<image name>.png')
     p.add_argument('--no-prepare', action='store_true', help="take the images as MNIST's already (light digit on "
@@ -334,11 +341,14 @@ def _fit_and_export(args, pair:tuple, out:Path, report:Path|None) -> int:
     from .distributed import alone, distrib_ctx_if_launched
     from .learner import binary_learner
     from .model_files import file_size
-    _check_room([(out, file_size(args.arch, out.suffix), '--out', args.out)] +
+    from .pair_check import pair_check_dls
+    _check_room([(out, file_size(args.arch, out.suffix, not args.no_check), '--out', args.out)] +
                 ([(report, REPORT_ROOM, '--report', args.report)] if report else []))  # before any data or training
     src, source = _source(args)
     dls = BinaryDigitsDataLoaders.from_mnist(pair=pair, valid=args.valid, seed=args.seed, bs=args.bs, **src)
     learn = binary_learner(dls, args.arch, lr=args.lr, seed=args.seed)
+    # the check's other digits are loaded first: a source without them fails at once, not after the training
+    check_dls = None if args.no_check or rank_distrib() else pair_check_dls(dls)
     what = 'official testing' if args.valid == 'testing' else 'held-out training'
     if not rank_distrib():
         print(f"Training {args.arch} on {pair[0]} vs {pair[1]} from {source}: {len(dls.train.dataset):,} training "
@@ -348,11 +358,23 @@ def _fit_and_export(args, pair:tuple, out:Path, report:Path|None) -> int:
         else: learn.fit(args.epochs, args.lr)
     if rank_distrib(): return 0  # the other processes of a distributed run: rank 0 alone exports and reports
     with alone():
+        if check_dls is not None: _fit_pair_check(learn, check_dls, args.seed)
         _export(learn, out, args.arch)
         print(f"Exported the learner to {args.out}")
         for fn in (_report(learn, dls.valid, report, 'validation', True, f' (the model is in {args.out})') if report
                    else []): print(f"Wrote {fn}")
     return 0
+
+
+def _fit_pair_check(learn, dls, seed:int|None):
+    "Train the pair check quietly (its own table would read as more epochs of the model's) and say what it does"
+    a, b = learn.dls.vocab
+    print(f"Training the pair check: {a} or {b} against the other digits, so that `predict` can say 'neither'",
+          flush=True)
+    learn.fit_pair_check(dls=dls, seed=seed, quiet=True)
+    st = learn.pair_check.stats
+    print(f"Pair check: on its {len(dls.valid.dataset):,} validation images, {st['passed']:.1%} of the {a}s "
+          f"and {b}s pass and {st['flagged']:.1%} of the other digits are flagged (--no-check to skip it)")
 
 
 def _export(learn, out:Path, arch:str):
@@ -363,7 +385,8 @@ def _export(learn, out:Path, arch:str):
         out.parent.mkdir(parents=True, exist_ok=True)
         learn.export(out)
     except (OSError, RuntimeError) as e:  # (torch's pickle writer raises a RuntimeError, 'file write failed')
-        if not isinstance(e, OSError) and shutil.disk_usage(_existing(out)).free >= file_size(arch, out.suffix): raise
+        size = file_size(arch, out.suffix, getattr(learn.dls, 'pair_check', None) is not None)
+        if not isinstance(e, OSError) and shutil.disk_usage(_existing(out)).free >= size: raise
         raise OSError(f"Could not write {out}: {_write_failure(e, out)}. {_rescue(learn, out)}") from e
 
 
@@ -413,15 +436,23 @@ def _save_seen(x28, fn:str, out:Path, names:set):
     except OSError as e: raise OSError(f"Could not write {out/name}.png: {_write_failure(e, out)}") from e
 
 
-def _answer(fn:str, found:bool, p:float, vocab, as_json:bool) -> bool:
-    "Print the answer for image `fn` (its digit, or 'no digit found'); whether there was one"
+def _answer(fn:str, found:bool, in_pair:bool, p:float, q:float, vocab, check, as_json:bool) -> bool:
+    """Print the answer for image `fn`: its digit (probability `p` of vocab[1]), 'no digit found', or 'neither' (the
+    pair check's probability `q` that it is another digit); whether it got a digit"""
     a, b = vocab
     digit, prob = (b, p) if p > 0.5 else (a, 1-p)
+    answered = found and in_pair
     if as_json:
-        print(json.dumps(dict(image=fn, digit=digit if found else None, probability=round(prob, 6) if found else None,
-                              probabilities={str(a): round(1-p, 6), str(b): round(p, 6)} if found else None)))
-    else: print(f"{fn}: {digit} ({prob:.3f})" if found else f"{fn}: no digit found")
-    return found
+        checked, r = found and check is not None, lambda v: round(v, 6)
+        print(json.dumps(dict(image=fn, digit=digit if answered else None, in_pair=in_pair if checked else None,
+                              probability=r(prob) if answered else None,
+                              probabilities={str(a): r(1-p), str(b): r(p)} if found else None,
+                              other_probability=r(q) if checked else None)))
+    elif answered: print(f"{fn}: {digit} ({prob:.3f})")
+    elif not found: print(f"{fn}: no digit found")
+    elif q > check.threshold: print(f"{fn}: neither {a} nor {b} (it looks like another digit: {q:.3f})")
+    else: print(f"{fn}: neither {a} nor {b} (its shape is unlike the {a}s and {b}s the check learned from)")
+    return answered
 
 
 def _predict(args) -> int:
@@ -431,6 +462,10 @@ def _predict(args) -> int:
     out = _out_folder(args.save_prepared, '--save-prepared')  # before the model is loaded
     learn = _load_model(_model_file(args.model))
     prepare = not args.no_prepare and getattr(learn.dls, 'prepare', True)
+    check = getattr(learn.dls, 'pair_check', None)
+    if check is None: print(f"note: {args.model} holds no pair check, so it answers {learn.dls.vocab[0]} or "
+                            f"{learn.dls.vocab[1]} for any digit; train it again without --no-check to add one",
+                            file=sys.stderr, flush=True)
     failed, names = False, set()
     for i in range(0, len(args.images), CHUNK):
         fns = args.images[i:i+CHUNK]
@@ -439,16 +474,17 @@ def _predict(args) -> int:
             x28s = [np.zeros((28, 28), np.uint8) if a is None else a for a in seen.values()]
             dl = learn.dls.test_dl(x28s, prepare=False)
             with learn.no_bar(): probs = learn.get_preds(dl=dl)[0].view(-1).tolist()  # the probability of vocab[1]
-            answers = {fn: (a is not None, p, x28) for (fn, a), p, x28 in zip(seen.items(), probs, x28s)}
+            flags = [a is not None for a in seen.values()], dl.in_pair.tolist(), probs, dl.other_probs.tolist(), x28s
+            answers = dict(zip(seen, zip(*flags)))  # (`in_pair` and `other_probs`: the pair check's, on every image)
         for fn in fns:
             if fn in errors:
                 failed = True
                 if args.json: print(json.dumps(dict(image=fn, error=errors[fn])), flush=True)
                 else: print(f"{fn}: error: {errors[fn]}", file=sys.stderr, flush=True)
                 continue
-            found, p, x28 = answers[fn]
+            found, in_pair, p, q, x28 = answers[fn]
             if out is not None and found: _save_seen(x28, fn, out, names)
-            failed |= not _answer(fn, found, p, learn.dls.vocab, args.json)
+            failed |= not _answer(fn, found, in_pair, p, q, learn.dls.vocab, check, args.json)
     return 1 if failed else 0
 
 

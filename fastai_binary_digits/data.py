@@ -75,7 +75,9 @@ def _check_split(valid:str, valid_pct):
 
 class BinaryDigitsDataLoaders(DataLoaders):
     "fastai `DataLoaders` for a pair of MNIST digits: label 0 for `pair[0]`, label 1 for `pair[1]`, as in the book"
-    prepare = True  # whether `test_dl` makes a person's images look like MNIST's (exported learners of old: yes)
+    prepare = True     # whether `test_dl` makes a person's images look like MNIST's (exported learners of old: yes)
+    pair_check = None  # a `PairCheck` (`learn.fit_pair_check()`): `test_dl` says which images are not of the pair
+    mnist_args = None  # how `from_mnist` made them: the source and split the pair check loads the other digits with
 
     @classmethod
     @delegates(BinaryDigitsDL.__init__, but=['dataset', 'shuffle', 'device'])
@@ -109,20 +111,22 @@ class BinaryDigitsDataLoaders(DataLoaders):
         val = BinaryDigitsDL(_dataset(valid_set, vocab, device), bs=bs, shuffle=False, device=device, **kwargs)
         # fastai saves models under `dls.path`: the data's folder, as for `untar_data` users; never inside the package
         dls = cls(trn, val, path='.' if sample else source[1], device=device)
-        dls.prepare = prepare
+        dls.prepare, dls.mnist_args = prepare, dict(source=source, valid=valid, valid_pct=valid_pct, seed=seed)
         return dls
 
     def new_empty(self):
-        "fastai's `new_empty` (what `learn.export()` saves), keeping `prepare`"
+        "fastai's `new_empty` (what `learn.export()` saves), keeping `prepare` and the pair check"
         res = super().new_empty()
-        res.prepare = self.prepare
+        res.prepare, res.pair_check = self.prepare, self.pair_check
         return res
 
     def test_dl(self, test_items, rm_type_tfms=None, with_labels:bool=False, prepare:bool|None=None,
                 **kwargs) -> BinaryDigitsDL:
         """A loader of `test_items` (file paths, PIL images, arrays or tensors; `(image, label)` pairs if `with_labels`),
         each made to look like MNIST's by `prepare_digit` when `prepare` (None: `self.prepare`), else resized whole.
-        Its `found` (a bool tensor) says which images held a digit; the others are served as blank images."""
+        Its `found` (a bool tensor) says which images held a digit; the others are served as blank images. Its `in_pair`
+        says which held one of the pair's digits by the pair check (all that held a digit when there is no check), and
+        `other_probs` the check's probability that each is another digit (NaN without a check or a digit)."""
         kwargs.pop('process', None)  # passed by fastai's `Interpretation`; there is nothing to process here
         prepare = check_prepare(self.prepare if prepare is None else prepare)
         items = list(test_items)
@@ -139,4 +143,9 @@ class BinaryDigitsDataLoaders(DataLoaders):
         ds = DigitsDataset(images_to_x(torch.from_numpy(images), dev), None if ys is None else ys.to(dev), self.vocab)
         dl = self.valid.new(ds, shuffle=False, drop_last=False, **kwargs)
         dl.found = torch.from_numpy(found)
+        dl.in_pair, dl.other_probs = dl.found.clone(), torch.full((len(found),), float('nan'))
+        if self.pair_check is not None:
+            in_pair, probs = self.pair_check.in_pair(ds.x)
+            dl.in_pair &= in_pair.cpu()
+            dl.other_probs = torch.where(dl.found, probs.cpu(), dl.other_probs)
         return dl

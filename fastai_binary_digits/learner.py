@@ -1,7 +1,7 @@
 "`binary_learner`: a fastai `Learner` for a pair of digits, with the book's loss, metric and optimizer; and its files"
 from __future__ import annotations
 import random
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -11,7 +11,7 @@ import fastai.callback.progress  # adds fastai's progress bars and table to ever
 import fastai.callback.schedule  # adds `fit_one_cycle` and `lr_find` to `Learner`
 from fastai.data.transforms import CategoryMap
 from fastai.learner import Learner
-from fastai.optimizer import SGD
+from fastai.optimizer import SGD, Adam
 from fastai.torch_core import default_device, rank_distrib, set_seed
 
 from .checks import BinaryDigitsError, check_device
@@ -19,10 +19,11 @@ from .data import BinaryDigitsDataLoaders, BinaryDigitsDL, DigitsDataset
 from .distributed import distrib_ctx
 from .fastai_internals import FastLearner
 from .files import atomic_path
-from .losses import batch_accuracy, mnist_loss
+from .losses import batch_accuracy, log_loss, mnist_loss
 from .model_files import (SAFE_SUFFIX, check_model_suffix, existing_model_file, export_binary_learner, load_pickle,
                           read_model_file)
 from .models import ARCHS
+from .pair_check import NotInPairError, PairCheck, check_net, pair_check_dls
 from .prepare import NoDigitError
 
 __all__ = ['BinaryLearner', 'binary_learner', 'get_model', 'load_binary_learner', 'load_model_file',
@@ -30,15 +31,44 @@ __all__ = ['BinaryLearner', 'binary_learner', 'get_model', 'load_binary_learner'
 
 
 class BinaryLearner(FastLearner):
-    "A fastai `Learner` of two digits: `predict` prepares a person's picture, `export` also writes the safe format"
+    """A fastai `Learner` of two digits: `predict` prepares a person's picture and says when it is neither digit (with
+    a pair check, `fit_pair_check`), `export` also writes the safe format"""
+
+    @property
+    def pair_check(self) -> PairCheck|None:
+        "The check that says when an image is not one of the pair's digits (`fit_pair_check`), or None: it has none"
+        return getattr(self.dls, 'pair_check', None)
+
+    @pair_check.setter
+    def pair_check(self, check:PairCheck|None): self.dls.pair_check = check
+
+    def fit_pair_check(self,
+        epochs:int=5,                 # epochs of `fit_one_cycle`
+        lr:float=2e-2,                # its maximum learning rate (Adam)
+        dls=None,                     # the check's loaders; None: `pair_check_dls(learn.dls)`
+        target:float=0.99,            # share of the pair's validation digits that must pass
+        seed:int|None=None,           # seed the initial weights and the shuffling
+        quiet:bool=False,             # train without fastai's progress bars and table
+    ) -> BinaryLearner:
+        """Train the pair check with fastai: `check_net` on the pair's digits against MNIST's other eight from the same
+        source (`pair_check_dls`), then calibrated so that `target` of the pair's validation digits pass. Sets
+        `learn.pair_check` (the model itself is untouched) and returns the check's own learner, to look at"""
+        learn = binary_learner(dls or pair_check_dls(self.dls), check_net, loss_func=log_loss, opt_func=Adam, seed=seed)
+        with learn.no_bar() if quiet else nullcontext(), learn.no_logging() if quiet else nullcontext():
+            learn.fit_one_cycle(epochs, lr)
+        self.pair_check = PairCheck.from_learner(learn, target)
+        return learn
 
     def predict(self, item, rm_type_tfms=None, with_input:bool=False):
         """fastai's `predict`: `(digit, label, probability of vocab[1])` for one image, made to look like MNIST's as
-        `dls.test_dl` does; raises `NoDigitError` when it holds no digit (blank, one colour, noise)"""
+        `dls.test_dl` does; raises `NoDigitError` when it holds no digit (blank, one colour, noise, a dot), and
+        `NotInPairError` when the pair check finds another digit or a shape unlike the pair's"""
         dl = self.dls.test_dl([item], rm_type_tfms=rm_type_tfms, num_workers=0)
         if not bool(getattr(dl, 'found', (True,))[0]):
-            raise NoDigitError("No digit found in the image: it looks blank, one colour or noise. Give a picture of "
-                               "one digit (see `prepare_digit` and `show_prepared`)")
+            raise NoDigitError("No digit found in the image: it looks blank, one colour, noise, or a mark too small to "
+                               "be a digit. Give a picture of one digit (see `prepare_digit` and `show_prepared`)")
+        if not bool(getattr(dl, 'in_pair', (True,))[0]):
+            raise _not_in_pair(self.dls.vocab, self.pair_check, float(dl.other_probs[0]))
         inp, preds, _, dec_preds = self.get_preds(dl=dl, with_input=True, with_decoded=True)
         dec = self.dls.decode_batch((inp, dec_preds))[0]  # as fastai's, for one input
         res = dec[1], dec_preds[0], preds[0]
@@ -57,6 +87,16 @@ class BinaryLearner(FastLearner):
     def distrib_ctx(self, *args, **kwargs):
         "fastai's `distrib_ctx` (Accelerate and DDP), on CPU backends (gloo) too"
         with distrib_ctx(self, *args, **kwargs) as learn: yield learn
+
+
+def _not_in_pair(vocab, check:PairCheck, p:float) -> NotInPairError:
+    "The `NotInPairError` for an image whose probability of being another digit is `p`, saying which part flagged it"
+    a, b = vocab
+    why = (f"it looks like another digit (the pair check's probability {p:.3f}, above its threshold "
+           f"{check.threshold:.3f})" if p > check.threshold else
+           f"its shape is unlike the {a}s and {b}s the check learned from")
+    return NotInPairError(f"Neither {a} nor {b}: {why}. This model only knows {a} and {b}: it cannot say which digit "
+                          "this is", probability=p)
 
 
 def get_model(arch) -> nn.Module:
@@ -127,11 +167,13 @@ def _empty_dls(pair:tuple, prepare:bool, path:Path, device) -> BinaryDigitsDataL
 
 def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
     """The inference-ready learner in the safe model file `fname` (written by `learn.export('model.safetensors')`):
-    nothing in the file is run; every fact and tensor is checked first. On the CPU, or fastai's default device"""
+    nothing in the file is run; every fact and tensor is checked first. On the CPU, or fastai's default device.
+    Its `pair_check` is None when the file holds none (trained with `--no-check`, or before the check existed)"""
     facts, model = read_model_file(fname)
     device = torch.device('cpu') if cpu else default_device()
     model.to(device).eval()
     dls = _empty_dls(facts['pair'], facts['prepare'], Path(fname).expanduser().parent, device)
+    if facts['pair_check'] is not None: dls.pair_check = facts['pair_check'].to(device)
     return BinaryLearner(dls, model, loss_func=facts['loss'], opt_func=SGD, metrics=batch_accuracy)
 
 

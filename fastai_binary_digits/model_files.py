@@ -1,5 +1,6 @@
 """Model files that cannot run code: a learner's weights in safetensors with the few facts that rebuild it (the pair,
-the architecture, the loss, the image preparation); fastai's pickle export beside it, for trusted files only"""
+the architecture, the loss, the image preparation) and its pair check; fastai's pickle export beside it, for trusted
+files only"""
 from __future__ import annotations
 import hashlib, json, os
 from pathlib import Path
@@ -13,12 +14,14 @@ from .checks import BinaryDigitsError, check_pair
 from .files import atomic_path, open_regular
 from .losses import BinaryLoss, log_loss, mnist_loss
 from .models import ARCHS
+from .pair_check import PREFIX, PairCheck
 
 __all__ = ['export_binary_learner', 'read_model_file', 'load_pickle', 'check_model_suffix', 'existing_model_file',
            'content_sha256', 'file_size', 'SAFE_SUFFIX', 'PICKLE_SUFFIX']
 
 FORMAT = 'fastai_binary_digits'  # the `format` entry of the metadata: a model file of this package
-FORMAT_VERSION = 1               # bumped whenever a file of the new layout could not be read by an older package
+FORMAT_VERSION = 2               # bumped whenever a file of the new layout could not be read by an older package
+# version 2 holds a pair check (tensors under 'pair_check.', metadata `pair_check`); a file without one is version 1
 SAFE_SUFFIX, PICKLE_SUFFIX = '.safetensors', '.pkl'
 LOSSES = {'mnist_loss': mnist_loss, 'log_loss': log_loss}  # the losses the safe format holds, by name
 MAX_HEADER = 100_000     # bytes of JSON header: ours are a few KB; a larger one is not a model file of this package
@@ -75,7 +78,7 @@ def _arch_name(model:nn.Module) -> str:
 
 
 def _facts(learn) -> dict:
-    "The metadata that rebuilds `learn`: the pair in label order, the architecture, the loss, `prepare`"
+    "The metadata that rebuilds `learn`: the pair in label order, the architecture, the loss, `prepare`, the version"
     from . import __version__
     arch = _arch_name(learn.model)
     loss = next((n for n, l in LOSSES.items() if isinstance(learn.loss_func, BinaryLoss) and learn.loss_func.func is l.func), None)
@@ -84,7 +87,8 @@ def _facts(learn) -> dict:
     try: pair = check_pair(vocab)
     except (TypeError, ValueError):
         raise _export_error(f"`learn.dls.vocab` is {vocab!r}, not a pair of digits from `BinaryDigitsDataLoaders`") from None
-    return dict(format=FORMAT, format_version=str(FORMAT_VERSION), pair=json.dumps(list(pair)), arch=arch, loss=loss,
+    version = FORMAT_VERSION if getattr(learn.dls, 'pair_check', None) is not None else 1  # 1: older packages read it
+    return dict(format=FORMAT, format_version=str(version), pair=json.dumps(list(pair)), arch=arch, loss=loss,
                 prepare=json.dumps(bool(getattr(learn.dls, 'prepare', True))), package_version=__version__)
 
 
@@ -99,10 +103,12 @@ def content_sha256(tensors:dict, metadata:dict) -> str:
     return h.hexdigest()
 
 
-def file_size(arch:str, suffix:str=SAFE_SUFFIX) -> int:
-    "At most how many bytes the model file of a learner of the built-in `arch` takes: its tensors, and what goes along"
+def file_size(arch:str, suffix:str=SAFE_SUFFIX, pair_check:bool=False) -> int:
+    """At most how many bytes the model file of a learner of the built-in `arch` takes: its tensors, and what goes along
+    (with `pair_check`, the check's too)"""
     with torch.device('meta'): model = ARCHS[arch]()  # a skeleton: shapes and types, no data
     data = sum(t.numel()*t.element_size() for t in model.state_dict().values())
+    if pair_check: data += PairCheck.size()
     return data + (64_000 if suffix.lower() == PICKLE_SUFFIX else 16_000)  # fastai's pickle of a learner; the header
 
 
@@ -115,6 +121,7 @@ def export_binary_learner(learn, fname:str|Path='export.safetensors'):
                                 "pickle use `learn.export('model.pkl')`")
     if rank_distrib(): return  # as fastai's `export`: only the main process writes
     metadata = _facts(learn)
+    check = getattr(learn.dls, 'pair_check', None)
     ref = ARCHS[metadata['arch']]().state_dict()
     tensors = {}
     for k, v in learn.model.state_dict().items():
@@ -122,6 +129,9 @@ def export_binary_learner(learn, fname:str|Path='export.safetensors'):
             raise BinaryDigitsError(f"The weight {k!r} of the model is {v.dtype}; the safe format holds the built-in "
                                     f"architectures as built, in {ref[k].dtype}: call `learn.model.float()` first")
         tensors[k] = v.detach().to('cpu', copy=True).contiguous()
+    if check is not None:
+        check_tensors, metadata['pair_check'] = check.state()
+        tensors.update(check_tensors)
     metadata['sha256'] = content_sha256(tensors, metadata)  # checked on load: a damaged file is refused
     with atomic_path(Path(learn.path).expanduser()/Path(fname).expanduser()) as tmp:  # `tmp` is absolute
         tmp.write_bytes(save(tensors, metadata=metadata))  # Python's own write: a full disk is an `OSError` (ENOSPC)
@@ -261,6 +271,16 @@ def _read_metadata(fn:Path, meta) -> dict:
     return dict(pair=pair, arch=arch, loss=LOSSES[loss], prepare=prepare == 'true')
 
 
+def _pair_check(fn:Path, tensors:dict, meta:dict) -> PairCheck|None:
+    "The pair check in a model file (its tensors taken out of `tensors`), None when it holds none, or a clear error"
+    if 'pair_check' not in meta:
+        if any(k.startswith(PREFIX) for k in tensors):
+            raise _content_error(fn, f"it holds tensors of a pair check ('{PREFIX}*') but no `pair_check` metadata")
+        return None
+    try: return PairCheck.from_state(tensors, meta['pair_check'])
+    except ValueError as e: raise _content_error(fn, str(e)) from None
+
+
 def _model(fn:Path, arch:str, tensors:dict) -> nn.Module:
     "A fresh `arch` holding `tensors`, which must be its own: each one, and no other, of its shape and dtype"
     model = ARCHS[arch]()
@@ -276,8 +296,8 @@ def _model(fn:Path, arch:str, tensors:dict) -> nn.Module:
 
 
 def read_model_file(fname:str|Path) -> tuple:
-    """The facts (`pair`, `arch`, `loss`, `prepare`) and the model in the safe model file `fname`, each checked before
-    it is used: a pickle under a '.safetensors' name is refused unopened, never unpickled"""
+    """The facts (`pair`, `arch`, `loss`, `prepare`, `pair_check`) and the model in the safe model file `fname`, each
+    checked before it is used: a pickle under a '.safetensors' name is refused unopened, never unpickled"""
     fn = existing_model_file(fname)
     if fn.suffix.lower() != SAFE_SUFFIX:
         raise BinaryDigitsError(f"{fn} does not end in '.safetensors': `load_binary_learner` reads only the safe "
@@ -287,6 +307,7 @@ def read_model_file(fname:str|Path) -> tuple:
     meta = _metadata(fn, _header(fn, data))
     facts, tensors = _read_metadata(fn, meta), _tensors(fn, data)
     _check_sha256(fn, meta, tensors)
+    facts['pair_check'] = _pair_check(fn, tensors, meta)
     return facts, _model(fn, facts['arch'], tensors)
 
 

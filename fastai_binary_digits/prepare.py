@@ -1,6 +1,6 @@
 """`prepare_digit`: any picture of a digit made to look like MNIST's, by MNIST's own procedure: find the ink, crop it,
 fit it in a 20x20 box keeping its aspect ratio (anti-aliased), and place it in 28x28 with its centre of mass at the
-centre. Pictures holding no digit (blank, one colour, pure noise) give `None`."""
+centre. Pictures holding no digit (blank, one colour, pure noise, a dot or a dash) give `None`."""
 from __future__ import annotations
 import numpy as np
 from scipy import ndimage
@@ -16,6 +16,8 @@ _MIN_CONTRAST = 24 # ... and ink must differ from it by at least this many grey 
 _MIN_SNR = 5.0     # ... and by this many times the picture's noise
 _MAX_PIECES = 8    # ink in more pieces than this (specks of noise, texture) is not a digit
 _MAX_INK = 0.7     # nor ink covering more than this share of the picture
+_MIN_LENGTH = 2.5  # nor ink no longer than this many of its own stroke widths (a dot, a dash) ...
+_SMALL = 0.25      # ... that is also smaller than this share of the picture's shorter side (a bold digit is not small)
 # MNIST's stroke widths in its 28x28 images, pixels: 10th percentile, median, 95th percentile. Thinner strokes (a pen
 # on a large page) are thickened to the median, thicker ones (a marker) thinned to it
 MNIST_STROKE = (1.5, 2.1, 3.5)
@@ -139,6 +141,12 @@ def stroke_width(ink:np.ndarray) -> float:
     return float(2*e[ridge].mean() - 1)
 
 
+def _too_small(ink:np.ndarray) -> bool:
+    "Whether the ink is a dot or a short stroke: no longer than a few of its stroke widths, and small in the picture"
+    crop = _crop(ink)
+    return max(crop.shape) < min(_MIN_LENGTH*stroke_width(crop), _SMALL*min(ink.shape))
+
+
 def _restroke(crop:np.ndarray) -> np.ndarray:
     "`crop` with its strokes thickened or thinned into MNIST's range once scaled to 20 pixels (see `MNIST_STROKE`)"
     s, w = 20/max(crop.shape), stroke_width(crop)
@@ -181,13 +189,14 @@ def _centre(digit:np.ndarray) -> np.ndarray:
 def prepare_digit(image) -> np.ndarray|None:
     """`image` (a file path, PIL image, numpy array or torch tensor; any size, colour and polarity; a transparent
     canvas) as MNIST's own images are: a 28x28 uint8 array, a light digit on black, fitted in a 20x20 box, its centre
-    of mass at the centre. None when it holds no digit: blank, one colour, or pure noise."""
+    of mass at the centre. None when it holds no digit: blank, one colour, pure noise, or a mark too small to be a digit
+    (a dot, a dash)."""
     im = as_pil_image(image)
     if im.size == (28, 28) and im.mode == 'L':  # one of MNIST's own images passes as it is
         a = np.array(im)
         if is_prepared(a): return a
     ink = ink_map(im)
-    if ink is None: return None
+    if ink is None or _too_small(ink): return None
     return np.rint(_centre(_fit_20(ink))*255).astype(np.uint8)
 
 

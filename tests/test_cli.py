@@ -77,6 +77,11 @@ def test_train_shows_the_table_and_exports(trained):
     assert [r[0] for r in rows] == ['0', '1', '2']
     assert float(rows[-1][3]) > 0.9  # validation accuracy after 3 epochs
     assert (d/'models'/'model.safetensors').stat().st_size > 1000
+    # the pair check, trained by default after the model: 400 of the pair and 8 x 200 other digits held out
+    assert out[head+4] == ("Training the pair check: 4 or 8 against the other digits, so that `predict` can say "
+                           "'neither'")
+    assert re.fullmatch(r"Pair check: on its 2,000 validation images, 99\.\d% of the 4s and 8s pass and \d+\.\d% of "
+                        r"the other digits are flagged \(--no-check to skip it\)", out[head+5]), out[head+5]
     assert 'Exported the learner to models/model.safetensors' in out
     assert 'notice' not in res.stderr
 
@@ -89,13 +94,13 @@ def test_train_report_is_real_pictures(trained):
 
 def test_cnn_one_cycle_on_the_official_testing_images(tmp_path):
     res = cli('train', '--sample', '--pair', 1, 7, '--arch', 'cnn', '--one-cycle', '--valid', 'testing', '--epochs', 2,
-              '--seed', 0, '--out', 'cnn.pkl', cwd=tmp_path)
+              '--seed', 0, '--out', 'cnn.pkl', '--no-check', cwd=tmp_path)
     out = lines(res.stdout)
     assert out[0] == ('Training cnn on 1 vs 7 from the bundled sample: 2,000 training images, 400 official testing '
                       'images for validation')
     rows = [l.split() for l in out if re.match(r'\d+\s', l)]
     assert [r[0] for r in rows] == ['0', '1'] and float(rows[-1][3]) > 0.8  # 2 epochs; batchnorm's statistics settle
-    assert (tmp_path/'cnn.pkl').exists()
+    assert (tmp_path/'cnn.pkl').exists() and 'pair check' not in res.stdout
 
 
 def test_predict_real_images_of_any_size_and_colour(trained, images):
@@ -125,6 +130,7 @@ def test_predict_json(trained, images):
         p = r['probabilities']
         assert set(p) == {'4', '8'} and abs(p['4'] + p['8'] - 1) < 1e-5
         assert r['digit'] == int(max(p, key=p.get)) and r['probability'] == max(p.values())
+        assert r['in_pair'] is True and 0 <= r['other_probability'] <= 1  # the model holds a pair check
 
 
 def test_predict_says_no_digit_found_and_goes_on_past_unreadable_images(trained, images, tmp_path):
@@ -152,12 +158,13 @@ def test_predict_says_no_digit_found_and_goes_on_past_unreadable_images(trained,
     rows = [json.loads(l) for l in cli('predict', '--json', d/'models'/'model.safetensors', *fns, cwd=d, check=False).stdout
             .splitlines()]
     assert [r['image'] for r in rows] == [str(fn) for fn in fns]
-    assert rows[1] == dict(image=str(fns[1]), digit=None, probability=None, probabilities=None)
+    assert rows[1] == dict(image=str(fns[1]), digit=None, in_pair=None, probability=None, probabilities=None,
+                           other_probability=None)
     assert 'Could not read the image' in rows[2]['error'] and 'does not exist' in rows[3]['error']
     assert rows[0]['digit'] in PAIR and rows[4]['digit'] in PAIR
-    # switched off, the blank page is only resized, and gets a digit
-    res = cli('predict', d/'models'/'model.safetensors', tmp_path/'blank.png', '--no-prepare', cwd=d)
-    assert re.fullmatch(r'.*blank.png: [48] \(\d\.\d{3}\)', lines(res.stdout)[0])
+    # switched off, the blank page is only resized, and goes to the model (whose pair check may call it neither digit)
+    res = cli('predict', d/'models'/'model.safetensors', tmp_path/'blank.png', '--no-prepare', cwd=d, check=False)
+    assert re.fullmatch(r'.*blank.png: ([48] \(\d\.\d{3}\)|neither 4 nor 8 \(.*\))', lines(res.stdout)[0])
 
 
 def test_predict_save_prepared_must_be_a_folder(trained, tmp_path, capsys):
@@ -216,7 +223,7 @@ def test_offline_fallback_to_the_bundled_sample_same_seed_same_table(trained, tm
     """A fresh machine without network: fastai's MNIST is neither cached nor downloadable, so train says so in one line
     and trains on the bundled sample, which, with the same seed, gives the same table as `--sample`"""
     env = {'FASTAI_HOME': str(tmp_path/'empty_fastai_home'), **OFFLINE}
-    res = cli('train', '--pair', *PAIR, '--epochs', 3, '--seed', 0, cwd=tmp_path, env=env)  # `--out` by default
+    res = cli('train', '--pair', *PAIR, '--epochs', 3, '--seed', 0, '--no-check', cwd=tmp_path, env=env)  # (no --out)
     notices = [l for l in lines(res.stderr) if 'notice' in l]
     assert len(notices) == 1 and re.search(r"fastai's MNIST is neither cached nor downloadable.*bundled sample",
                                            notices[0]), res.stderr
@@ -240,8 +247,10 @@ def test_console_script_is_python_m(tmp_path, capsys):
 
 @pytest.mark.parametrize('cmd, words', [
     ('train', ['--pair', '--arch', 'linear,simple,deep,cnn', '--epochs', '--lr', '--bs', '--seed', '--one-cycle',
-               '--valid', '--sample', '--path', '--out', '--report', '(default: 20)', '(default: model.safetensors)']),
-    ('predict', ['MODEL', 'IMAGE', '--json', 'probability', "'.safetensors' file (safe)", 'only from people you trust']),
+               '--valid', '--sample', '--path', '--out', '--report', '(default: 20)', '(default: model.safetensors)',
+               '--no-check', 'pair check']),
+    ('predict', ['MODEL', 'IMAGE', '--json', 'probability', "'.safetensors' file (safe)", 'only from people you trust',
+                 "'neither A nor B'", 'in_pair']),
     ('evaluate', ['MODEL', '--sample', '--path', '--report', '--json', 'official', "'.pkl' pickle"]),
 ])
 def test_help(cmd, words, capsys):
@@ -327,7 +336,7 @@ def test_bad_usage_exit_status_of_the_process(args, message, tmp_path):
 
 def test_train_and_evaluate_on_the_full_set(idx_dir, tmp_path):
     res = cli('train', '--path', idx_dir, '--pair', *PAIR, '--epochs', 1, '--valid', 'testing', '--seed', 0,
-              '--out', 'full.pkl', cwd=tmp_path)
+              '--out', 'full.pkl', '--no-check', cwd=tmp_path)
     assert '11,693 training images, 1,956 official testing images for validation' in res.stdout
     r = json.loads(cli('evaluate', 'full.pkl', '--path', idx_dir, '--json', cwd=tmp_path).stdout)
     assert r['images'] == 1956 and [sum(row) for row in r['confusion_matrix']] == [982, 974]
@@ -473,7 +482,8 @@ def test_home_folder_is_expanded_in_every_path(trained, sample_png, tmp_path, ca
     monkeypatch.setenv('HOME', str(home))
     monkeypatch.chdir(cwd)
     shutil.copytree(sample_png, home/'png', ignore=shutil.ignore_patterns('.fastai_binary_digits'))
-    assert main(['train', '--sample', '--pair', '4', '8', '--epochs', '1', '--out=~/m/model.pkl', '--report=~/rep']) == 0
+    assert main(['train', '--sample', '--pair', '4', '8', '--epochs', '1', '--out=~/m/model.pkl', '--report=~/rep',
+                 '--no-check']) == 0
     assert (home/'m'/'model.pkl').exists() and {p.name for p in (home/'rep').iterdir()} == REPORT_TRAIN
     image = next((home/'png'/'testing'/'8').glob('*.png'))
     assert main(['predict', '~/m/model.pkl', f'~/png/testing/8/{image.name}']) == 0
@@ -612,11 +622,14 @@ def test_train_refuses_at_once_a_disk_without_room(small_disk, no_training, caps
     assert main(['train', '--sample', '--arch', 'deep', '--out', str(small_disk/'model.safetensors')]) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(rf"error: --out {small_disk/'model.safetensors'}: the disk mounted at {small_disk} has \d+ KB "
-                        r"free, and what this command writes there needs about 993 KB: free some space there or "
+                        r"free, and what this command writes there needs about 1.1 MB: free some space there or "
                         r"choose another place \(nothing was done\)\n", err), err
     assert no_training['fit'] == 0 and 'learn' not in no_training
     # the model and the report together
     assert main(['train', '--sample', '--out', str(small_disk/'m.safetensors'), '--report', str(small_disk/'r')]) == 2
+    assert 'needs about 489 KB' in capsys.readouterr().err and no_training['fit'] == 0  # with the pair check's 70 KB
+    assert main(['train', '--sample', '--out', str(small_disk/'m.safetensors'), '--report', str(small_disk/'r'),
+                 '--no-check']) == 2
     assert 'needs about 419 KB' in capsys.readouterr().err and no_training['fit'] == 0
 
 
@@ -658,7 +671,7 @@ def test_a_full_disk_after_training_keeps_the_model(suffix, small_disk, no_train
     out.write_bytes(b'an earlier model')
     from fastai.learner import Learner
     monkeypatch.setattr(Learner, 'fit', lambda self, *a, **k: fill(small_disk))  # training ends on a full disk
-    assert main(['train', '--sample', '--out', str(out)]) == 2
+    assert main(['train', '--sample', '--out', str(out), '--no-check']) == 2  # (`no_training` keeps the last learner)
     _check_rescued(capsys.readouterr().err, out, small_disk, no_training['learn'], rescue)
     assert out.read_bytes() == b'an earlier model' and not list(small_disk.glob('.*.tmp'))
 
@@ -672,7 +685,8 @@ def test_a_full_disk_for_the_report_is_one_line(small_disk, capsys, monkeypatch)
         fill(small_disk)
     monkeypatch.setattr(cli_mod, '_export', export_then_fill)
     out = small_disk/'model.safetensors'
-    assert main(['train', '--sample', '--epochs', '1', '--out', str(out), '--report', str(small_disk/'report')]) == 2
+    assert main(['train', '--sample', '--epochs', '1', '--out', str(out), '--report', str(small_disk/'report'),
+                 '--no-check']) == 2
     res = capsys.readouterr()
     assert lines(res.out)[-1] == f'Exported the learner to {out}'
     assert re.fullmatch(rf"error: Could not write the report into {small_disk}/report: the disk mounted at "
@@ -691,5 +705,5 @@ def test_a_failed_write_is_one_line_and_the_model_is_kept_simulated(no_training,
         if Path(fname).parent == disk: raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return export(self, fname, **k)
     monkeypatch.setattr(BinaryLearner, 'export', full)
-    assert main(['train', '--sample', '--out', str(disk/'model.safetensors')]) == 2
+    assert main(['train', '--sample', '--out', str(disk/'model.safetensors'), '--no-check']) == 2
     _check_rescued(capsys.readouterr().err, disk/'model.safetensors', None, no_training['learn'], rescue)

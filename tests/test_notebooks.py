@@ -9,7 +9,7 @@ nbformat = pytest.importorskip('nbformat', reason="the notebook tests need the t
 nbclient = pytest.importorskip('nbclient', reason="the notebook tests need the test extras: pip install -e '.[test]'")
 
 NBS = Path(__file__).parent.parent/'nbs'
-NOTEBOOKS = ['01_from_scratch.ipynb', '02_fastai_way.ipynb', '03_any_pair.ipynb']
+NOTEBOOKS = ['01_from_scratch.ipynb', '02_fastai_way.ipynb', '03_any_pair.ipynb', '04_neither_digit.ipynb']
 CELL_TIMEOUT = 600         # seconds a cell may take: generous, for the 45 pairs on the full set on a slow machine
 PICTURE_TAG = 'picture'    # cells tagged so must show an image (image/png output)
 MAX_BYTES = 1_500_000      # a committed notebook, outputs included, stays readable on GitHub

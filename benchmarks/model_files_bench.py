@@ -6,7 +6,7 @@ For each architecture a learner is trained on the bundled sample (4 vs 8, `--epo
 - the two file sizes and their ratio;
 - load time in this process: `load_binary_learner` against fastai's `load_learner` (its pickle warning silenced here
   only, so that printing it is not timed), `--repeats` loads each, the two taking turns; each time is the median,
-  the ratio the median of the per-round ratios, so a machine slowing down during the run moves both sides alike;
+  the ratio the median of the per-round ratios (benchmarks/timing.py);
 - load time in a fresh process (`--fresh` processes each, in turns): the first load after `import fastai_binary_digits`,
   which also pays for whatever that load imports the first time.
 Both loaded learners are checked to give bitwise the same predictions as the learner that wrote them.
@@ -15,8 +15,10 @@ Both loaded learners are checked to give bitwise the same predictions as the lea
     python benchmarks/model_files_bench.py --repeats 50 --fresh 9 --epochs 5
 """
 from __future__ import annotations
-import argparse, statistics, subprocess, sys, tempfile, time, warnings
+import argparse, math, sys, tempfile, warnings
 from pathlib import Path
+
+from timing import Runs, fresh_seconds, in_turns, paired_ratio
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHS = ('linear', 'simple', 'deep', 'cnn')
@@ -52,33 +54,6 @@ def load_safe(fn:Path):
     return load_binary_learner(fn)
 
 
-def timed(f, *args) -> float:
-    "Seconds that `f(*args)` takes"
-    t = time.perf_counter()
-    f(*args)
-    return time.perf_counter() - t
-
-
-def in_turns(fs:dict, repeats:int) -> dict:
-    "The seconds each of `fs` (name: a function measuring and returning seconds) gives, `repeats` times, in turns"
-    times = {k: [] for k in fs}
-    for _ in range(repeats):
-        for k, f in fs.items(): times[k].append(f())
-    return times
-
-
-def fresh_load(fn:Path) -> float:
-    "Seconds of the first `load_model_file(fn)` in a new interpreter, after the package's import"
-    out = subprocess.run([sys.executable, '-c', FRESH, str(fn)], capture_output=True, text=True, check=True,
-                         cwd=ROOT).stdout
-    return float(out.strip().splitlines()[-1])
-
-
-def ratio(num:list, den:list) -> float:
-    "The median of the per-round ratios"
-    return statistics.median(n/d for n, d in zip(num, den))
-
-
 def same_predictions(*learners) -> bool:
     "Whether all `learners` give bitwise the same probabilities on the sample's validation images"
     import torch
@@ -105,14 +80,15 @@ def main(args):
             learn.export(pkl)
             if not same_predictions(learn, load_safe(safe), load_pickle(pkl)):
                 raise SystemExit(f"{arch}: the loaded learners do not predict as the learner that wrote them")
-            t = in_turns(dict(safe=lambda: timed(load_safe, safe), pkl=lambda: timed(load_pickle, pkl)), args.repeats)
-            f = in_turns(dict(safe=lambda: fresh_load(safe), pkl=lambda: fresh_load(pkl)), args.fresh) \
-                if args.fresh else dict(safe=[float('nan')], pkl=[float('nan')])
-            ms = lambda xs: f'{statistics.median(xs)*1000:,.1f} ms'
+            t = in_turns(dict(safe=lambda: load_safe(safe), pkl=lambda: load_pickle(pkl)), args.repeats, keep=False)
+            f = in_turns(dict(safe=lambda: fresh_seconds(FRESH, safe, cwd=ROOT),
+                              pkl=lambda: fresh_seconds(FRESH, pkl, cwd=ROOT)), args.fresh, own=True) \
+                if args.fresh else dict(safe=Runs([math.nan]), pkl=Runs([math.nan]))
+            ms = lambda runs: f'{runs.median*1000:,.1f} ms'
             s, p = safe.stat().st_size, pkl.stat().st_size
             rows.append((arch, f'{s:,}', f'{p:,}', f'{p/s:.2f}x', ms(t['safe']), ms(t['pkl']),
-                         f"{ratio(t['pkl'], t['safe']):.2f}x", ms(f['safe']), ms(f['pkl']),
-                         f"{ratio(f['pkl'], f['safe']):.2f}x"))
+                         f"{paired_ratio(t['pkl'], t['safe']):.2f}x", ms(f['safe']), ms(f['pkl']),
+                         f"{paired_ratio(f['pkl'], f['safe']):.2f}x"))
             print(' | '.join(rows[-1]), flush=True)
     print()
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]

@@ -1,20 +1,23 @@
-"""How fast `prepare_digit` and `test_dl` are, on one CPU core, against the targets of issue 10:
+"""How fast `prepare_digit` and `test_dl` are, on one CPU core, against their targets:
 
 (a) a 1000x1000 phone-like photo of a digit (an MNIST testing digit drawn in dark ink on shaded, tinted, noisy paper,
     JPEG-compressed) prepared in under 30 ms: timed from the decoded picture and from the JPEG file;
 (b) 10,000 MNIST images (28x28 arrays, as a folder of MNIST's PNGs gives them) through `dls.test_dl` at over 5,000
     images per second, with preparation on (the default), against preparation off in the same run.
 
-Each figure is the median of `--repeats` runs. The process is pinned to one core, with PyTorch on one thread.
+Each figure is the median of `--repeats` runs, after one warm-up (benchmarks/timing.py). The process is pinned to one
+core, with PyTorch on one thread.
 
     python benchmarks/prepare_bench.py                      # MNIST digits from the bundled sample
     python benchmarks/prepare_bench.py --path /path/to/mnist  # from the full set (IDX files or mnist_png)
 """
 from __future__ import annotations
-import argparse, io, os, statistics, tempfile, time
+import argparse, io, os, tempfile
 from pathlib import Path
 
 import numpy as np
+
+from timing import median_time
 
 
 def photo(digit:np.ndarray, size:int=1000, seed:int=0):
@@ -32,17 +35,6 @@ def photo(digit:np.ndarray, size:int=1000, seed:int=0):
     buf = io.BytesIO()
     Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(buf, format='JPEG', quality=85)
     return buf.getvalue()
-
-
-def median_time(f, repeats:int) -> float:
-    "Median seconds of `f()` over `repeats` runs, after one warm-up"
-    f()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main():

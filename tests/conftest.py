@@ -1,13 +1,39 @@
-"Fixtures: the bundled sample, a staged FASTAI_HOME, and the full MNIST set when CI passes its location in"
+"""Fixtures: the bundled sample, a staged FASTAI_HOME, and the full MNIST set when CI passes its location in, with the
+models trained on it (each once per test run). Under pytest-xdist (`-n`, pyproject.toml's default): one torch thread
+per worker, and the tests that share an expensive fixture on one worker, so that it is built once."""
 import os
 from pathlib import Path
 
 import pytest
 
-from fastai_binary_digits import BinaryDigitsDataLoaders
+from fastai_binary_digits import BinaryDigitsDataLoaders, binary_learner
 from fastai_binary_digits.mnist import write_mnist_png
 
 IDX_ENV = 'MNIST_IDX_DIR'  # folder holding the four original MNIST IDX files; CI sets it, tests needing it skip without
+FULL_GROUP = 'full_set'    # the xdist group of the tests that use the models trained on the full set
+
+
+def pytest_configure(config):
+    "An xdist worker runs torch on one thread, and so do the processes it starts: two workers share two cores"
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        import torch
+        torch.set_num_threads(1)
+        os.environ.setdefault('OMP_NUM_THREADS', '1')
+
+
+def _shares_module_fixture(item) -> bool:
+    "Whether `item` uses a module-scoped fixture (built once by each worker that runs a test of that module)"
+    defs = getattr(item, '_fixtureinfo', None)  # pytest's resolved fixtures of the test
+    return bool(defs) and any(d.scope == 'module' for ds in defs.name2fixturedefs.values() for d in ds)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (`--dist loadgroup`)
+def pytest_collection_modifyitems(config, items):
+    "Tests that share an expensive fixture run on one worker: the full set's models, or a module's own fixtures"
+    items.sort(key=lambda item: item.get_closest_marker('long') is None)  # long tests first: none of them ends last
+    for item in items:
+        if 'full_learner' in item.fixturenames: item.add_marker(pytest.mark.xdist_group(FULL_GROUP))
+        elif _shares_module_fixture(item): item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 def _idx_dir():
@@ -21,6 +47,25 @@ def idx_dir():
     d = _idx_dir()
     if d is None: pytest.skip(f"the full MNIST set is absent: set {IDX_ENV} to a folder holding the four IDX files")
     return d
+
+
+@pytest.fixture(scope='session')
+def full_learner(idx_dir):
+    """`full_learner(arch, fit, pair=(4, 8), valid='split', seed=42)`: a learner of `arch` on the full set's `pair`,
+    trained by `fit` (`('fit', 20, 0.1)` calls `learn.fit(20, 0.1)`), seeded; each is trained once per test run and
+    shared by the tests that ask for it: read it, never train it further"""
+    loaders, learners = {}, {}
+    def get(arch:str, fit:tuple, pair=(4, 8), valid:str='split', seed:int=42):
+        key = (arch, fit, tuple(pair), valid, seed)
+        if key not in learners:
+            if key[2:] not in loaders:
+                loaders[key[2:]] = BinaryDigitsDataLoaders.from_mnist(pair=pair, path=idx_dir, valid=valid, seed=seed)
+            learn = binary_learner(loaders[key[2:]], arch=arch, seed=seed)
+            method, *args = fit
+            with learn.no_bar(), learn.no_logging(): getattr(learn, method)(*args)
+            learners[key] = learn
+        return learners[key]
+    return get
 
 
 @pytest.fixture(scope='session')

@@ -164,8 +164,9 @@ class FastLearner(Learner):
 
     @delegates(Learner.__init__)
     def __init__(self, dls, model, *args, fast:bool=True, **kwargs):
-        self.fast = fast  # False: fastai's own code paths, for this learner only
+        self.fast = False  # fastai's own paths for the one event of fastai's `__init__`: the guard is read when it pays
         super().__init__(dls, model, *args, **kwargs)
+        self.fast = fast  # False: fastai's own code paths, for this learner only
 
     def _fast(self) -> bool: return self.fast and fast_paths_checked()
 

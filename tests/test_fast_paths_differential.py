@@ -530,7 +530,8 @@ def test_fast_false_is_that_learners_only(monkeypatch, tmp_path):
     assert learn.recorder.values == fast_learn.recorder.values
     assert all(torch.equal(a, b) for a, b in zip(fast_learn.model.parameters(), learn.model.parameters()))
     assert all(dl.fast and dl._slices() for dl in learn.dls.loaders)  # the loaders are the user's, unchanged
-    counts.clear()
+    later = {}
+    for cls, name in ((Learner, '_call_one'), (DataLoader, 'create_batches')): _spy(monkeypatch, cls, name, later)
     default = binary_learner(learn.dls, seed=0, path=tmp_path)  # a default learner on the same loaders: fast
     with default.no_bar(), default.no_logging(): default.fit(1)
-    assert counts == {'_call_one': 1} and default.recorder.values == fast_learn.recorder.values
+    assert later == {'_call_one': 1} and default.recorder.values == fast_learn.recorder.values

@@ -35,6 +35,12 @@ def _positive(kind, what:str):
     return conv
 
 
+def _port(s:str) -> int:
+    "An argparse `type` for a port number, 1 to 65535"
+    if s.isdigit() and 0 < int(s) < 65536: return int(s)
+    raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {s!r}")
+
+
 class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     "Descriptions and examples as written; each option's default, where it has one worth showing"
     def _get_help_string(self, action):
@@ -127,7 +133,7 @@ def _add_demo(sub):
                         "  fastai-binary-digits demo model.safetensors --space my_space/   # then: cd my_space && "
                         "python app.py")
     p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
-    p.add_argument('--port', type=_positive(int, 'a port number from 1 to 65535'), default=None,
+    p.add_argument('--port', type=_port, default=None,
                    help='the port to serve on (default: the first free one from 7860)')
     p.add_argument('--host', default='127.0.0.1',
                    help="the address to serve on: 127.0.0.1 keeps the page on this machine; an address of this "
@@ -173,12 +179,12 @@ def _check_suffix(value:str, flag:str):
 
 
 def _model_file(value:str) -> str:
-    "The model file `value` names: it exists, it is a file, it ends in a model suffix"
+    "The model file `value` names: a file (not a folder), its name ending in a model suffix, that exists"
     path = Path(value).expanduser()
+    if path.is_dir(): raise BinaryDigitsError(f"Model {value} is not a file; give the file `train --out` wrote")
+    _check_suffix(value, 'Model file')  # before the advice to make it with `train --out`, which refuses other names
     if not path.exists(): raise FileNotFoundError(f"Model file {value} does not exist; make one with "
                                                   f"`fastai-binary-digits train --out {value}`")
-    if not path.is_file(): raise BinaryDigitsError(f"Model {value} is not a file; give the file `train --out` wrote")
-    _check_suffix(value, 'Model file')
     return value
 
 
@@ -528,7 +534,7 @@ def _evaluate_on_testing(args, learn, report:Path|None) -> int:
 def _demo(args) -> int:
     _model_file(args.model)
     _out_folder(args.space, '--space')
-    if args.space is None and args.port is not None: check_port(args.host, args.port)  # before the model loads
+    if args.space is None: check_port(args.host, args.port)  # before the model loads
     from .demo import demo, import_gradio, write_space
     if args.space is not None:
         print(f"Wrote the Space {write_space(args.model, args.space)}: run it with `cd {args.space} && python app.py`")

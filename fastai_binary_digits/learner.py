@@ -75,13 +75,22 @@ class BinaryLearner(FastLearner):
         return (dec[0],) + res if with_input else res
 
     def export(self, fname:str|Path='export.pkl', **kwargs):
-        """fastai's `export` (a pickle), written to a temporary file then renamed, so an existing export is never left
-        half-written; to a name ending in '.safetensors', the safe format instead (`export_binary_learner`)"""
+        """fastai's `export` (a pickle) to a name ending in '.pkl', written to a temporary file then renamed, so an
+        existing export is never left half-written; to one ending in '.safetensors', the safe format instead
+        (`export_binary_learner`); any other name is refused, as the command line refuses it"""
         if rank_distrib(): return  # as fastai: only the main process exports
-        if Path(fname).suffix.lower() == SAFE_SUFFIX:
+        if check_model_suffix(fname, 'Export file') == SAFE_SUFFIX:
             if kwargs: raise TypeError(f"{', '.join(kwargs)} apply to fastai's pickle export, not to '.safetensors'")
             return export_binary_learner(self, fname)
         with atomic_path(Path(self.path).expanduser()/Path(fname).expanduser()) as tmp: super().export(tmp, **kwargs)
+
+    def show_results(self, ds_idx:int=1, dl=None, max_n:int=9, shuffle:bool=True, **kwargs):
+        """fastai's `show_results`: a batch of `dl` (default: the validation set's) with the targets and predictions,
+        returning the figure as `show_batch` does"""
+        if dl is None: dl = self.dls[ds_idx].new(shuffle=shuffle)
+        b = dl.one_batch()
+        _, _, preds = self.get_preds(dl=[b], with_decoded=True)
+        return dl.show_results(b, preds, max_n=max_n, **kwargs)
 
     @contextmanager
     def distrib_ctx(self, *args, **kwargs):

@@ -11,8 +11,11 @@ from .images import as_pil_image
 __all__ = ['prepare_digit', 'NoDigitError']
 
 _WORK = 256        # pictures are reduced (box-averaged) to about this many pixels on their longer side, for speed
-_BLOCKS = 16       # the paper's colour is estimated in blocks, this many along the shorter side ...
-_MIN_CONTRAST = 24 # ... and ink must differ from it by at least this many grey levels (of 255) ...
+_BLOCKS = 32       # the paper's colour is estimated in blocks, this many along the shorter side, where ink stands
+_SE = 14           # ... out of the paper around it over fewer than this many blocks (shadows over more) ...
+_FLAT = 6.0        # ... by this many grey levels at least (and 4.5 times the blocks' median)
+_MAX_GAIN = 2.5    # in a shadow, ink's contrast is dimmed as the paper is: it is scaled back, at most this many times
+_MIN_CONTRAST = 24 # ink must differ from the paper by at least this many grey levels (of 255) ...
 _MIN_SNR = 5.0     # ... and by this many times the picture's noise
 _MAX_PIECES = 8    # ink in more pieces than this (specks of noise, texture) is not a digit
 _MAX_INK = 0.7     # nor ink covering more than this share of the picture
@@ -49,32 +52,61 @@ def _paper_blocks(a:np.ndarray, k:int, paper:np.ndarray) -> np.ndarray:
     return np.take_along_axis(b, closest[..., None], axis=2).mean(2)
 
 
+def _edge_paper(a:np.ndarray) -> np.ndarray:
+    """The paper's colour at the picture's edges: the median of their lighter half, where a shadow over a side or a
+    corner does not reach (light ink on dark paper seldom shows such shadows, nor covers a quarter of the edges)"""
+    edges = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    light = edges.sum(-1)
+    return np.median(edges[light >= np.median(light)], axis=0)
+
+
 def _background(a:np.ndarray) -> np.ndarray:
-    """The paper's colour at each pixel of `a` (H, W, C): a quadratic surface fitted to the paper of each block of the
-    picture, leaving out blocks far from the fit (ink) in a few rounds; follows shading and uneven light"""
-    h, w, c = a.shape
+    """The paper's colour at each pixel of `a` (H, W, C), from its colour in each block of paper: a quadratic surface
+    fitted to them, plus what it misses there (shadows, uneven light), carried over to the blocks of ink from the
+    nearest blocks of paper; the blocks' colours are then interpolated to the pixels"""
+    h, w = a.shape[:2]
     k = max(2, min(h, w)//_BLOCKS)
-    paper = np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]), axis=0)  # the paper at the picture's edges
-    med = _paper_blocks(a, k, paper)
-    gh, gw = med.shape[:2]
-    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    paper = _edge_paper(a)
+    z = _paper_blocks(a, k, paper)
+    keep = _paper_mask(z, paper)
+    yy, xx = np.mgrid[0:keep.shape[0], 0:keep.shape[1]].astype(np.float32)
     yy, xx = (yy+0.5)*k/h - 0.5, (xx+0.5)*k/w - 0.5  # block centres in -0.5..0.5
-    A = np.stack([np.ones_like(yy), yy, xx, yy*yy, xx*xx, yy*xx], -1).reshape(-1, 6)
-    z = med.reshape(-1, c)
-    dist = np.sqrt(((z - paper)**2).sum(1))  # first guess: the blocks on the paper's side of Otsu's split
-    keep = dist <= _otsu(dist, dist.max()) if dist.max() > 0 else np.ones(len(z), bool)
-    if keep.sum() < 6: keep[:] = True
-    for _ in range(5):
-        coef = np.linalg.lstsq(A[keep], z[keep], rcond=None)[0]
-        res = np.sqrt(((z - A @ coef)**2).sum(1))
-        scale = max(1.4826*np.median(res[keep]), 2.0)
-        new = res <= 3*scale
-        if new.sum() < 6 or (new == keep).all(): break
-        keep = new
-    coef = coef.astype(np.float32)
-    Y = ((np.arange(h, dtype=np.float32)+0.5)/h - 0.5)[:, None, None]
-    X = ((np.arange(w, dtype=np.float32)+0.5)/w - 0.5)[None, :, None]
-    return np.clip((coef[0] + coef[1]*Y + coef[3]*Y*Y) + (coef[2]*X + coef[4]*X*X) + coef[5]*Y*X, 0, 255)
+    A = np.stack([np.ones_like(yy), yy, xx, yy*yy, xx*xx, yy*xx], -1)
+    Ak = A[keep]  # least squares by the normal equations, in einsum: numpy's BLAS would start threads for these
+    coef = np.linalg.solve(np.einsum('ni,nj->ij', Ak, Ak) + 1e-6*np.eye(6), np.einsum('ni,nc->ic', Ak, z[keep]))
+    surface = np.einsum('yxi,ic->yxc', A, coef)
+    iy, ix = ndimage.distance_transform_edt(~keep, return_distances=False, return_indices=True)
+    missed = ndimage.gaussian_filter((z - surface)[iy, ix], (1, 1, 0), mode='nearest')
+    return _upsample(np.where(keep[..., None], z, surface + missed), h, w, k)
+
+
+def _upsample(blocks:np.ndarray, h:int, w:int, k:int) -> np.ndarray:
+    "`blocks` (GH, GW, C), the colours of `k`x`k` blocks from the top left, interpolated bilinearly to (`h`, `w`, C)"
+    from PIL import Image
+    b = np.pad(blocks.astype(np.float32), ((1, 1), (1, 1), (0, 0)), mode='edge')  # beyond the last blocks' centres
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(b[..., i]), 'F').resize(
+        (w, h), Image.BILINEAR, box=(1, 1, 1 + w/k, 1 + h/k))) for i in range(b.shape[-1])], -1)
+
+
+def _paper_mask(z:np.ndarray, paper:np.ndarray) -> np.ndarray:
+    """Which blocks of `z` (the paper's colour in each block, (GH, GW, C)) are paper: ink stands out from `paper` more
+    than the paper around it does, as peaks narrower than `_SE` blocks (found by a grey opening, beyond the blocks'
+    noise), and the blocks beside them may hold some; shadows and shading, which deepen smoothly towards a side or a
+    corner, pass the opening unchanged"""
+    dist = np.sqrt(((z - paper)**2).mean(-1))
+    # the paper goes on beyond the edges as at the edges, so that a shadow along an edge is wider than `_SE` there too
+    out = dist - ndimage.grey_opening(np.pad(dist, _SE, mode='edge'), _SE)[_SE:-_SE, _SE:-_SE]
+    ink = ndimage.binary_dilation(out > max(_FLAT, 4.5*np.median(out)), np.ones((3, 3), bool))
+    return ~ink if (~ink).sum() >= 6 else np.ones_like(ink)
+
+
+def _distance(a:np.ndarray) -> np.ndarray:
+    """How far each pixel of `a` (H, W, C) is from the paper's colour there, in grey levels of the lit paper: a
+    shadow dims paper and ink alike, so their difference is scaled back up by how much darker the paper is there"""
+    bg = _background(a)
+    light = bg.mean(-1)
+    gain = np.clip(np.percentile(light, 99)/np.maximum(light, 1), 1, _MAX_GAIN)
+    return np.sqrt(((a - bg)**2).mean(-1))*gain
 
 
 def _otsu(d:np.ndarray, top:float) -> float:
@@ -91,7 +123,8 @@ def _otsu(d:np.ndarray, top:float) -> float:
 def ink_map(image) -> np.ndarray|None:
     """How much ink each pixel of `image` holds, 0..1 (float32, reduced to about `_WORK` pixels a side), or None when
     there is no digit. Ink is what differs from the paper: the paper's colour is estimated from the picture itself (so dark on
-    light and light on dark, coloured ink and paper, shading all work); a transparent background means ink = alpha."""
+    light and light on dark, coloured ink and paper, shading and shadows all work); a transparent background means ink
+    = alpha."""
     from PIL import ImageFilter
     im = as_pil_image(image)
     if min(im.size) < 4: return None  # too small to hold a digit
@@ -106,9 +139,7 @@ def ink_map(image) -> np.ndarray|None:
     a = np.asarray(im.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)  # less noise and JPEG artefacts
     if a.ndim == 2: a = a[..., None]
     elif (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]  # grey stored as RGB
-    c = a.shape[-1]
-    d = a - _background(a)
-    d = np.abs(d[..., 0]) if c == 1 else np.sqrt((d*d).sum(-1)*(1/c))  # distance from the paper's colour, grey levels
+    d = _distance(a)
     top = float(d.max())
     if top < _MIN_CONTRAST: return None  # blank, one colour
     t = _otsu(d, top)

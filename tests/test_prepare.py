@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from fastai_binary_digits import BinaryDigitsDataLoaders, NoDigitError, binary_learner, prepare_digit, show_prepared
-from fastai_binary_digits.prepare import MNIST_STROKE, is_prepared, stroke_width
+from fastai_binary_digits.prepare import MNIST_STROKE, digit_images, is_prepared, stroke_width
 from renderings import RENDERINGS, no_digit_images, render
 
 FULL_PAIRS = [(4, 8), (3, 7), (2, 5)]   # 4 vs 8, the book's 3 vs 7, and a pair the linear model finds harder
@@ -90,6 +90,34 @@ def test_every_rendering_is_made_mnist_like(sample48, kind):
         assert a.max() >= 200 and (a == 0).mean() > 0.5  # full-strength ink, black background
         # the same digit: close to the original, pixel by pixel
         assert np.abs(a.astype(float) - orig).mean() < 40, kind
+
+
+def _on_paper(a:np.ndarray, paper:float=210, size:int=300) -> np.ndarray:
+    "The 28x28 `a` drawn in dark ink (grey 30) 70% as tall as a `size`-pixel square of paper of grey `paper`, as floats"
+    ink = np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC), np.float32)/255
+    return paper - (paper - 30)*ink
+
+
+@pytest.mark.parametrize('depth', [90, 120])
+def test_a_shadow_over_a_side_or_a_corner_is_not_ink(sample48, depth):
+    """Paper at grey 210, dark ink, and a shadow levelling off `depth` grey levels darker, as a phone photo has them:
+    a straight one over each corner and each side, a round one from beyond each side: no patch of shadow becomes ink,
+    the model answers as without it"""
+    dls, learns = sample48
+    imgs, _ = originals(dls)
+    yy, xx = np.mgrid[0:300, 0:300]/299
+    shades = [np.clip((0.45 - (xx + yy)/2)/0.25, 0, 1), np.clip((0.35 - xx)/0.25, 0, 1),
+              np.clip((0.75 - np.hypot(yy + 0.3, xx - 0.5))/0.3, 0, 1)]
+    clear = [_on_paper(a) for a in imgs[::50]]
+    shaded = [np.clip(c*(1 - depth/210*np.rot90(s, turn)), 0, 255).astype(np.uint8)
+              for c in clear for s in shades for turn in range(4)]
+    x_clear, x_shaded = digit_images(clear)[0], digit_images(shaded)[0]
+    for a, b in zip(np.repeat(x_clear, 12, axis=0), x_shaded):
+        assert np.abs(a.astype(float) - b).mean() < 30  # a shadow taken for ink: 50 or more (a white triangle)
+    with learns['cnn'].no_bar():
+        answers = [learns['cnn'].get_preds(dl=dls.test_dl(list(x), prepare=False))[0].view(-1) > 0.5
+                   for x in (x_clear, x_shaded)]
+    assert torch.equal(answers[0].repeat_interleave(12), answers[1])
 
 
 def test_polarity_and_colour_decided_from_the_picture(sample48):

@@ -8,7 +8,7 @@ from scipy import ndimage
 from .checks import BinaryDigitsError
 from .images import as_pil_image
 
-__all__ = ['prepare_digit', 'NoDigitError']
+__all__ = ['prepare_digit', 'NoDigitError', 'ManyDigitsError']
 
 _WORK = 256        # pictures are reduced (box-averaged) to about this many pixels on their longer side, for speed
 _BLOCKS = 32       # the paper's colour is estimated in blocks, this many along the shorter side, where ink stands
@@ -21,6 +21,7 @@ _MAX_PIECES = 8    # ink in more pieces than this (specks of noise, texture) is 
 _MAX_INK = 0.7     # nor ink covering more than this share of the picture
 _MIN_LENGTH = 2.5  # nor ink no longer than this many of its own stroke widths (a dot, a dash) ...
 _SMALL = 0.25      # ... that is also smaller than this share of the picture's shorter side (a bold digit is not small)
+_GAP = 0.1         # digits side by side: parted by empty columns this share of their height wide
 # MNIST's stroke widths in its 28x28 images, pixels: 10th percentile, median, 95th percentile. Thinner strokes (a pen
 # on a large page) are thickened to the median, thicker ones (a marker) thinned to it
 MNIST_STROKE = (1.5, 2.1, 3.5)
@@ -28,6 +29,10 @@ MNIST_STROKE = (1.5, 2.1, 3.5)
 
 class NoDigitError(BinaryDigitsError):
     "Raised by `learn.predict` when the image holds no digit (blank, one colour, pure noise): see `prepare_digit`"
+
+
+class ManyDigitsError(NoDigitError):
+    "Raised by `learn.predict` when the image holds several digits side by side ('3 7'), not one: see `count_digits`"
 
 
 def is_prepared(a:np.ndarray) -> bool:
@@ -217,18 +222,38 @@ def _centre(digit:np.ndarray) -> np.ndarray:
     return out
 
 
+def count_digits(ink:np.ndarray) -> int:
+    """How many digits the ink map `ink` (`ink_map`'s) holds side by side, as '3 7' written on a line: groups of ink
+    parted by empty columns (`_GAP` of the ink's height wide), each at least half as tall as all the ink and a fifth
+    of the largest group's ink (digits written touching count as one)"""
+    m = ink >= 0.5
+    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    if not len(rows): return 0
+    height = rows[-1] - rows[0] + 1
+    groups = [m[:, g[0]:g[-1]+1] for g in np.split(cols, np.flatnonzero(np.diff(cols) > _GAP*height) + 1)]
+    areas = [g.sum() for g in groups]
+    tall = [np.ptp(np.flatnonzero(g.any(1))) + 1 >= height/2 for g in groups]
+    return max(1, sum(bool(t and a >= max(areas)/5) for t, a in zip(tall, areas)))
+
+
+def _prepare(image) -> tuple:
+    "`prepare_digit`'s 28x28 of `image` (or None), and how many digits it holds side by side (`count_digits`)"
+    im = as_pil_image(image)
+    if im.size == (28, 28) and im.mode == 'L':  # one of MNIST's own images passes as it is
+        a = np.array(im)
+        if is_prepared(a): return a, 1
+    ink = ink_map(im)
+    if ink is None or _too_small(ink): return None, 0
+    return np.rint(_centre(_fit_20(ink))*255).astype(np.uint8), count_digits(ink)
+
+
 def prepare_digit(image) -> np.ndarray|None:
     """`image` (a file path, PIL image, numpy array or torch tensor; any size, colour and polarity; a transparent
     canvas) as MNIST's own images are: a 28x28 uint8 array, a light digit on black, fitted in a 20x20 box, its centre
     of mass at the centre. None when it holds no digit: blank, one colour, pure noise, or a mark too small to be a digit
-    (a dot, a dash)."""
-    im = as_pil_image(image)
-    if im.size == (28, 28) and im.mode == 'L':  # one of MNIST's own images passes as it is
-        a = np.array(im)
-        if is_prepared(a): return a
-    ink = ink_map(im)
-    if ink is None or _too_small(ink): return None
-    return np.rint(_centre(_fit_20(ink))*255).astype(np.uint8)
+    (a dot, a dash). A picture of several digits side by side gives them all in one box (`digit_images` and
+    `learn.predict` say there were several)."""
+    return _prepare(image)[0]
 
 
 def _is_row(o) -> bool:
@@ -243,17 +268,18 @@ def _resized(o) -> np.ndarray:
     return np.asarray(im if im.size == (28, 28) else im.resize((28, 28), Image.BILINEAR))
 
 
-def digit_image(o, prepare:bool=True) -> np.ndarray|None:
-    "`o` as the 28x28 uint8 image the model sees (`prepare_digit`'s, or resized whole unless `prepare`); None: no digit"
-    return _resized(o) if not prepare or _is_row(o) else prepare_digit(o)
+def digit_image(o, prepare:bool=True) -> tuple:
+    """`o` as the 28x28 uint8 image the model sees (`prepare_digit`'s, or resized whole unless `prepare`), None when no
+    digit is found; and how many digits it holds: 0, 1, or more written side by side (`count_digits`)"""
+    return (_resized(o), 1) if not prepare or _is_row(o) else _prepare(o)
 
 
-def digit_images(items, prepare:bool=True) -> tuple:
+def digit_images(items, prepare:bool=True, counts:bool=False) -> tuple:
     """Each of `items` as the 28x28 uint8 image the model sees (`digit_image`), and whether a digit was found in it (the
-    image is blank where not). One item is read and prepared at a time: memory does not grow with their number"""
-    images, found = np.zeros((len(items), 28, 28), np.uint8), np.ones(len(items), bool)
+    image is blank where not); with `counts`, how many digits it holds instead: 0, 1, or more written side by side.
+    One item is read and prepared at a time: memory does not grow with their number"""
+    images, digits = np.zeros((len(items), 28, 28), np.uint8), np.ones(len(items), np.int64)
     for i, o in enumerate(items):
-        a = digit_image(o, prepare)
-        if a is None: found[i] = False
-        else: images[i] = a
-    return images, found
+        a, digits[i] = digit_image(o, prepare)
+        if a is not None: images[i] = a
+    return images, digits if counts else digits > 0

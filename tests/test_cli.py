@@ -159,12 +159,31 @@ def test_predict_says_no_digit_found_and_goes_on_past_unreadable_images(trained,
             .splitlines()]
     assert [r['image'] for r in rows] == [str(fn) for fn in fns]
     assert rows[1] == dict(image=str(fns[1]), digit=None, in_pair=None, probability=None, probabilities=None,
-                           other_probability=None)
+                           other_probability=None, digits=0)
     assert 'Could not read the image' in rows[2]['error'] and 'does not exist' in rows[3]['error']
     assert rows[0]['digit'] in PAIR and rows[4]['digit'] in PAIR
     # switched off, the blank page is only resized, and goes to the model (whose pair check may call it neither digit)
     res = cli('predict', d/'models'/'model.safetensors', tmp_path/'blank.png', '--no-prepare', cwd=d, check=False)
     assert re.fullmatch(r'.*blank.png: ([48] \(\d\.\d{3}\)|neither 4 nor 8 \(.*\))', lines(res.stdout)[0])
+
+
+def test_predict_says_when_an_image_holds_several_digits(trained, images, tmp_path, capsys):
+    "'4 8' on one line: 'N digits found' (in JSON, `digits`), exit status 1; the others answered"
+    import numpy as np
+    d, _ = trained
+    good = images[0][0]
+    one = 255 - np.asarray(Image.open(good).convert('L'))  # dark ink on white
+    Image.fromarray(np.hstack([one, np.full((28, 12), 255, np.uint8), one])).resize((544, 224)).save(tmp_path/'two.png')
+    model = str(d/'models'/'model.safetensors')
+    assert main(['predict', model, str(tmp_path/'two.png'), str(good)]) == 1
+    out = lines(capsys.readouterr().out)
+    assert out[0] == f'{tmp_path/"two.png"}: 2 digits found side by side: give one digit per image'
+    assert re.fullmatch(rf'{re.escape(str(good))}: [48] \(\d\.\d{{3}}\)', out[1]), out
+    assert main(['predict', '--json', model, str(tmp_path/'two.png'), str(good)]) == 1
+    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert rows[0] == dict(image=str(tmp_path/'two.png'), digit=None, in_pair=None, probability=None, probabilities=None,
+                           other_probability=None, digits=2)
+    assert rows[1]['digits'] == 1 and rows[1]['digit'] in PAIR
 
 
 def test_predict_save_prepared_must_be_a_folder(trained, tmp_path, capsys):

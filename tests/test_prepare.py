@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastai_binary_digits import BinaryDigitsDataLoaders, NoDigitError, binary_learner, prepare_digit, show_prepared
+from fastai_binary_digits import (BinaryDigitsDataLoaders, ManyDigitsError, NoDigitError, binary_learner, prepare_digit,
+                                  show_prepared)
 from fastai_binary_digits.prepare import MNIST_STROKE, digit_images, is_prepared, stroke_width
 from renderings import RENDERINGS, no_digit_images, render
 
@@ -97,9 +98,11 @@ def test_every_rendering_is_made_mnist_like(sample48, kind):
     from scipy import ndimage
     dls, _ = sample48
     imgs, _ = originals(dls)
-    for orig, drawn in zip(imgs[::40], render(imgs[::40], kind, seed=1)):
-        a = prepare_digit(drawn)
-        assert a is not None and a.shape == (28, 28) and a.dtype == np.uint8
+    drawn = render(imgs[::40], kind, seed=1)
+    prepared, digits = digit_images(drawn, counts=True)
+    assert (digits == 1).all(), digits  # one digit found in each, not none, not several
+    for orig, a in zip(imgs[::40], prepared):
+        assert a.shape == (28, 28) and a.dtype == np.uint8
         rows, cols = np.flatnonzero((a > 10).any(1)), np.flatnonzero((a > 10).any(0))
         assert max(rows[-1]-rows[0], cols[-1]-cols[0]) + 1 in (19, 20, 21)
         cy, cx = ndimage.center_of_mass(a)
@@ -135,6 +138,21 @@ def test_a_shadow_over_a_side_or_a_corner_is_not_ink(sample48, depth):
         answers = [learns['cnn'].get_preds(dl=dls.test_dl(list(x), prepare=False))[0].view(-1) > 0.5
                    for x in (x_clear, x_shaded)]
     assert torch.equal(answers[0].repeat_interleave(12), answers[1])
+
+
+def test_several_digits_side_by_side_are_said_to_be_several(sample48, tmp_path):
+    "'4 8' written on one line: `test_dl` counts 2 digits, `predict` says so (a `NoDigitError` too); one digit counts 1"
+    dls, learns = sample48
+    imgs, _ = originals(dls)
+    four, eight = imgs[0], imgs[-1]
+    pair = np.hstack([255 - four, np.full((28, 10), 255, np.uint8), 255 - eight])  # dark ink on white, a space between
+    big = np.asarray(Image.fromarray(pair).resize((pair.shape[1]*8, 28*8), Image.BICUBIC))
+    Image.fromarray(big).save(tmp_path/'48.png')
+    dl = dls.test_dl([tmp_path/'48.png', 255 - four, big[:, :big.shape[1]//2]])
+    assert dl.digits.tolist() == [2, 1, 1] and dl.found.all()
+    with pytest.raises(ManyDigitsError, match='holds 2 digits side by side'): learns['cnn'].predict(tmp_path/'48.png')
+    assert issubclass(ManyDigitsError, NoDigitError)
+    assert prepare_digit(big) is not None  # both, in one box, as the page shows them
 
 
 def test_polarity_and_colour_decided_from_the_picture(sample48):

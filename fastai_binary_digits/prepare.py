@@ -15,6 +15,7 @@ _BLOCKS = 32       # the paper's colour is estimated in blocks, this many along 
 _SE = 14           # ... out of the paper around it over fewer than this many blocks (shadows over more) ...
 _FLAT = 6.0        # ... by this many grey levels at least (and 4.5 times the blocks' median)
 _MAX_GAIN = 2.5    # in a shadow, ink's contrast is dimmed as the paper is: it is scaled back, at most this many times
+_MAX_SHADE = 130   # paper lit more than this many grey levels better in one place than in another is no page (blobs)
 _MIN_CONTRAST = 24 # ink must differ from the paper by at least this many grey levels (of 255) ...
 _MIN_SNR = 5.0     # ... and by this many times the picture's noise
 _MAX_PIECES = 8    # ink in more pieces than this (specks of noise, texture) is not a digit
@@ -65,10 +66,10 @@ def _edge_paper(a:np.ndarray) -> np.ndarray:
     return np.median(edges[light >= np.median(light)], axis=0)
 
 
-def _background(a:np.ndarray) -> np.ndarray:
+def _background(a:np.ndarray) -> tuple:
     """The paper's colour at each pixel of `a` (H, W, C), from its colour in each block of paper: a quadratic surface
     fitted to them, plus what it misses there (shadows, uneven light), carried over to the blocks of ink from the
-    nearest blocks of paper; the blocks' colours are then interpolated to the pixels"""
+    nearest blocks of paper; the blocks' colours are then interpolated to the pixels. And the paper's `_shade`"""
     h, w = a.shape[:2]
     k = max(2, min(h, w)//_BLOCKS)
     paper = _edge_paper(a)
@@ -82,7 +83,13 @@ def _background(a:np.ndarray) -> np.ndarray:
     surface = np.einsum('yxi,ic->yxc', A, coef)
     iy, ix = ndimage.distance_transform_edt(~keep, return_distances=False, return_indices=True)
     missed = ndimage.gaussian_filter((z - surface)[iy, ix], (1, 1, 0), mode='nearest')
-    return _upsample(np.where(keep[..., None], z, surface + missed), h, w, k)
+    return _upsample(np.where(keep[..., None], z, surface + missed), h, w, k), _shade(z, keep)
+
+
+def _shade(z:np.ndarray, keep:np.ndarray) -> float:
+    "How much the paper's light varies across the blocks of paper `z[keep]`, leaving out two blocks along each edge"
+    inner = z.mean(-1)[2:-2, 2:-2][keep[2:-2, 2:-2]]  # a stroke along an edge passes for a shadow there
+    return float(np.ptp(np.percentile(inner, (1, 99)))) if len(inner) >= 6 else 0.0
 
 
 def _upsample(blocks:np.ndarray, h:int, w:int, k:int) -> np.ndarray:
@@ -105,10 +112,12 @@ def _paper_mask(z:np.ndarray, paper:np.ndarray) -> np.ndarray:
     return ~ink if (~ink).sum() >= 6 else np.ones_like(ink)
 
 
-def _distance(a:np.ndarray) -> np.ndarray:
+def _distance(a:np.ndarray) -> np.ndarray|None:
     """How far each pixel of `a` (H, W, C) is from the paper's colour there, in grey levels of the lit paper: a
-    shadow dims paper and ink alike, so their difference is scaled back up by how much darker the paper is there"""
-    bg = _background(a)
+    shadow dims paper and ink alike, so their difference is scaled back up by how much darker the paper is there.
+    None when the paper's light varies more than any shadow's (`_MAX_SHADE`): smooth blobs of noise, not a page"""
+    bg, shade = _background(a)
+    if shade > _MAX_SHADE: return None
     light = bg.mean(-1)
     gain = np.clip(np.percentile(light, 99)/np.maximum(light, 1), 1, _MAX_GAIN)
     return np.sqrt(((a - bg)**2).mean(-1))*gain
@@ -145,8 +154,8 @@ def ink_map(image) -> np.ndarray|None:
     if a.ndim == 2: a = a[..., None]
     elif (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]  # grey stored as RGB
     d = _distance(a)
+    if d is None or d.max() < _MIN_CONTRAST: return None  # blobs; blank, one colour
     top = float(d.max())
-    if top < _MIN_CONTRAST: return None  # blank, one colour
     t = _otsu(d, top)
     ink = d > t
     if not ink.any() or ink.mean() > _MAX_INK: return None

@@ -186,6 +186,9 @@ def no_digit_images(seed:int=0) -> dict:
     out['uniform noise'] = _u8(rng.uniform(0, 256, (h, w)))
     out['colour noise'] = _u8(rng.uniform(0, 256, (h, w, 3)))
     out['noise 28x28'] = _u8(rng.uniform(0, 256, (28, 28)))
+    for i, n in enumerate((4, 7, 11)):  # smooth blobs of any grey: light varying more than a shadow's
+        blobs = Image.fromarray(rng.uniform(0, 256, (n, n)).astype(np.float32)).resize((w, h), Image.BICUBIC)
+        out[f'smooth blobs {i}'] = _u8(np.asarray(blobs))
     sp = np.full((h, w), 200, np.uint8)
     sp[rng.random((h, w)) < 0.03] = 0
     sp[rng.random((h, w)) < 0.03] = 255

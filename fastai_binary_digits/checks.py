@@ -55,14 +55,22 @@ def check_device(device):
     return device
 
 
-def check_port(host:str, port:int):
-    "A clear error when `port` on `host` is taken, rather than Gradio's search for another"
-    import socket
-    if not (isinstance(port, int) and 0 < port < 65536):
+def check_port(host:str, port:int|None=None):
+    """A clear error when `host` is not an address of this machine or `port` on it is taken (rather than Gradio's
+    search for another); with no `port`, only `host` is checked"""
+    import errno, socket
+    if port is not None and not (isinstance(port, int) and 0 < port < 65536):
         raise BinaryDigitsError(f"`port` must be a whole number from 1 to 65535, got {port!r}")
     with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: only a listener blocks it
-        try: s.bind((host, port))
+        try: s.bind((host, port or 0))
         except OSError as e:
-            raise BinaryDigitsError(f"Port {port} on {host} is not free ({e.strerror}); choose another port with "
-                                    "`--port` (Python: `port=`)") from None
+            if port and e.errno == errno.EADDRINUSE:
+                raise BinaryDigitsError(f"Port {port} on {host} is not free ({e.strerror}); choose another port with "
+                                        "`--port` (Python: `port=`)") from None
+            if port and e.errno == errno.EACCES:
+                raise BinaryDigitsError(f"Port {port} on {host} needs administrator rights ({e.strerror}); choose a "
+                                        "port from 1024 with `--port` (Python: `port=`)") from None
+            raise BinaryDigitsError(f"Cannot serve on {host} ({e.strerror}): give an address of this machine with "
+                                    "`--host` (Python: `host=`), such as 127.0.0.1 (this machine only) or 0.0.0.0 "
+                                    "(every network it is on)") from None

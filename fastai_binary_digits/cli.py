@@ -1,6 +1,6 @@
 """The command line `fastai-binary-digits` (or `python -m fastai_binary_digits`): `train`, `predict`, `evaluate`, `demo`.
-Exit status 0 on success, 1 when `predict` gave some image no digit (none found, or neither of the pair's), 2 on bad
-usage or bad input (one `error:` line).
+Exit status 0 on success, 1 when `predict` gave some image no digit (none found, several, or neither of the pair's),
+2 on bad usage or bad input (one `error:` line).
 Usage errors are found before torch and fastai are imported; any other failure is a bug, and shows its traceback."""
 from __future__ import annotations
 import argparse, errno, json, os, shutil, sys, tempfile, textwrap, warnings
@@ -33,6 +33,12 @@ def _positive(kind, what:str):
         return v
     conv.__name__ = kind.__name__
     return conv
+
+
+def _port(s:str) -> int:
+    "An argparse `type` for a port number, 1 to 65535"
+    if s.isdigit() and 0 < int(s) < 65536: return int(s)
+    raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {s!r}")
 
 
 class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -91,15 +97,16 @@ def _add_predict(sub):
                  "exported by `train`: one line per image with the digit and its probability. Drawings, photos of "
                  "paper and canvases of any size, colour and polarity are first made to look like MNIST's digits "
                  "(`prepare_digit`: the ink cropped, fitted in 20x20 and centred in 28x28); an image holding no digit "
-                 "gives 'no digit found', and with the model's pair check one that is neither of its two digits gives "
-                 "'neither A nor B'. Exit status 1 when any image could not be read, held no digit, or neither digit.",
-                 _predict)
+                 "gives 'no digit found', one holding several side by side ('3 7') 'N digits found', and with the "
+                 "model's pair check one that is neither of its two digits gives 'neither A nor B'. Exit status 1 when "
+                 "any image could not be read, held no digit, several, or neither digit.", _predict)
     p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
     p.add_argument('images', metavar='IMAGE', nargs='+', help='image files (PNG, JPEG, ...)')
-    p.add_argument('--json', action='store_true', help='print one JSON object per line: image, digit (null when no '
-                                                       'digit is found or it is neither of the pair), in_pair, '
-                                                       'probability, probabilities of both digits, the pair check\'s '
-                                                       'other_probability; or image and error')
+    p.add_argument('--json', action='store_true', help='print one JSON object per line: image, digit (null unless '
+                                                       'one digit of the pair is found), in_pair, probability, '
+                                                       'probabilities of both digits, the pair check\'s '
+                                                       'other_probability, digits (how many were found); or image '
+                                                       'and error')
     p.add_argument('--save-prepared', metavar='DIR', help='write the 28x28 image the model saw for each image into '
                                                           'DIR, as DIR/<image name>.png')
     p.add_argument('--no-prepare', action='store_true', help="take the images as MNIST's already (light digit on "
@@ -127,7 +134,7 @@ def _add_demo(sub):
                         "  fastai-binary-digits demo model.safetensors --space my_space/   # then: cd my_space && "
                         "python app.py")
     p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
-    p.add_argument('--port', type=_positive(int, 'a port number from 1 to 65535'), default=None,
+    p.add_argument('--port', type=_port, default=None,
                    help='the port to serve on (default: the first free one from 7860)')
     p.add_argument('--host', default='127.0.0.1',
                    help="the address to serve on: 127.0.0.1 keeps the page on this machine; an address of this "
@@ -173,12 +180,12 @@ def _check_suffix(value:str, flag:str):
 
 
 def _model_file(value:str) -> str:
-    "The model file `value` names: it exists, it is a file, it ends in a model suffix"
+    "The model file `value` names: a file (not a folder), its name ending in a model suffix, that exists"
     path = Path(value).expanduser()
+    if path.is_dir(): raise BinaryDigitsError(f"Model {value} is not a file; give the file `train --out` wrote")
+    _check_suffix(value, 'Model file')  # before the advice to make it with `train --out`, which refuses other names
     if not path.exists(): raise FileNotFoundError(f"Model file {value} does not exist; make one with "
                                                   f"`fastai-binary-digits train --out {value}`")
-    if not path.is_file(): raise BinaryDigitsError(f"Model {value} is not a file; give the file `train --out` wrote")
-    _check_suffix(value, 'Model file')
     return value
 
 
@@ -413,8 +420,8 @@ def _report(learn, dl, folder:Path, what:str, with_loss:bool, done:str='') -> li
 
 
 def _read_digits(fns:list, prepare:bool) -> tuple:
-    """The 28x28 image the model sees for each of the files `fns` that can be read (None where no digit was found), and
-    `{file: why}` for the others; one picture at a time is held in memory"""
+    """The 28x28 image the model sees for each of the files `fns` that can be read (None where no digit was found) with
+    how many digits it holds, and `{file: why}` for the others; one picture at a time is held in memory"""
     from .prepare import digit_image
     seen, errors = {}, {}
     for fn in fns:
@@ -436,28 +443,29 @@ def _save_seen(x28, fn:str, out:Path, names:set):
     except OSError as e: raise OSError(f"Could not write {out/name}.png: {_write_failure(e, out)}") from e
 
 
-def _answer(fn:str, found:bool, in_pair:bool, p:float, q:float, vocab, check, as_json:bool) -> bool:
-    """Print the answer for image `fn`: its digit (probability `p` of vocab[1]), 'no digit found', or 'neither' (the
-    pair check's probability `q` that it is another digit); whether it got a digit"""
+def _answer(fn:str, n:int, in_pair:bool, p:float, q:float, vocab, check, as_json:bool) -> bool:
+    """Print the answer for image `fn`, holding `n` digits: its digit (probability `p` of vocab[1]), 'no digit found',
+    'N digits found', or 'neither' (the pair check's probability `q` that it is another digit); whether it got a digit"""
     a, b = vocab
     digit, prob = (b, p) if p > 0.5 else (a, 1-p)
-    answered = found and in_pair
+    answered = n == 1 and in_pair
     if as_json:
-        checked, r = found and check is not None, lambda v: round(v, 6)
+        checked, r = n == 1 and check is not None, lambda v: round(v, 6)
         print(json.dumps(dict(image=fn, digit=digit if answered else None, in_pair=in_pair if checked else None,
                               probability=r(prob) if answered else None,
-                              probabilities={str(a): r(1-p), str(b): r(p)} if found else None,
-                              other_probability=r(q) if checked else None)))
+                              probabilities={str(a): r(1-p), str(b): r(p)} if n == 1 else None,
+                              other_probability=r(q) if checked else None, digits=n)))
     elif answered: print(f"{fn}: {digit} ({prob:.3f})")
-    elif not found: print(f"{fn}: no digit found")
+    elif n == 0: print(f"{fn}: no digit found")
+    elif n > 1: print(f"{fn}: {n} digits found side by side: give one digit per image")
     elif q > check.threshold: print(f"{fn}: neither {a} nor {b} (it looks like another digit: {q:.3f})")
     else: print(f"{fn}: neither {a} nor {b} (its shape is unlike the {a}s and {b}s the check learned from)")
     return answered
 
 
 def _predict(args) -> int:
-    """One line per image: its digit, 'no digit found', or why it could not be read (stderr; the others are still
-    answered). Exit status 1 when any image got no digit"""
+    """One line per image: its digit, 'no digit found', 'N digits found', 'neither', or why it could not be read
+    (stderr; the others are still answered). Exit status 1 when any image got no digit"""
     import numpy as np
     out = _out_folder(args.save_prepared, '--save-prepared')  # before the model is loaded
     learn = _load_model(_model_file(args.model))
@@ -471,10 +479,10 @@ def _predict(args) -> int:
         fns = args.images[i:i+CHUNK]
         seen, errors = _read_digits(fns, prepare)
         if seen:  # what the model sees, as `test_dl` would make it; a blank where no digit was found
-            x28s = [np.zeros((28, 28), np.uint8) if a is None else a for a in seen.values()]
+            x28s = [np.zeros((28, 28), np.uint8) if a is None else a for a, _ in seen.values()]
             dl = learn.dls.test_dl(x28s, prepare=False)
             with learn.no_bar(): probs = learn.get_preds(dl=dl)[0].view(-1).tolist()  # the probability of vocab[1]
-            flags = [a is not None for a in seen.values()], dl.in_pair.tolist(), probs, dl.other_probs.tolist(), x28s
+            flags = [n for _, n in seen.values()], dl.in_pair.tolist(), probs, dl.other_probs.tolist(), x28s
             answers = dict(zip(seen, zip(*flags)))  # (`in_pair` and `other_probs`: the pair check's, on every image)
         for fn in fns:
             if fn in errors:
@@ -482,9 +490,9 @@ def _predict(args) -> int:
                 if args.json: print(json.dumps(dict(image=fn, error=errors[fn])), flush=True)
                 else: print(f"{fn}: error: {errors[fn]}", file=sys.stderr, flush=True)
                 continue
-            found, in_pair, p, q, x28 = answers[fn]
-            if out is not None and found: _save_seen(x28, fn, out, names)
-            failed |= not _answer(fn, found, in_pair, p, q, learn.dls.vocab, check, args.json)
+            n, in_pair, p, q, x28 = answers[fn]
+            if out is not None and n: _save_seen(x28, fn, out, names)
+            failed |= not _answer(fn, n, in_pair, p, q, learn.dls.vocab, check, args.json)
     return 1 if failed else 0
 
 
@@ -528,7 +536,7 @@ def _evaluate_on_testing(args, learn, report:Path|None) -> int:
 def _demo(args) -> int:
     _model_file(args.model)
     _out_folder(args.space, '--space')
-    if args.space is None and args.port is not None: check_port(args.host, args.port)  # before the model loads
+    if args.space is None: check_port(args.host, args.port)  # before the model loads
     from .demo import demo, import_gradio, write_space
     if args.space is not None:
         print(f"Wrote the Space {write_space(args.model, args.space)}: run it with `cd {args.space} && python app.py`")

@@ -124,7 +124,8 @@ class BinaryDigitsDataLoaders(DataLoaders):
                 **kwargs) -> BinaryDigitsDL:
         """A loader of `test_items` (file paths, PIL images, arrays or tensors; `(image, label)` pairs if `with_labels`),
         each made to look like MNIST's by `prepare_digit` when `prepare` (None: `self.prepare`), else resized whole.
-        Its `found` (a bool tensor) says which images held a digit; the others are served as blank images. Its `in_pair`
+        Its `found` (a bool tensor) says which images held a digit; the others are served as blank images. Its `digits`
+        (an int tensor) says how many: 0, 1, or more written side by side (prepared together, in one box). Its `in_pair`
         says which held one of the pair's digits by the pair check (all that held a digit when there is no check), and
         `other_probs` the check's probability that each is another digit (NaN without a check or a digit)."""
         kwargs.pop('process', None)  # passed by fastai's `Interpretation`; there is nothing to process here
@@ -138,12 +139,13 @@ class BinaryDigitsDataLoaders(DataLoaders):
             if not ((ys == 0) | (ys == 1)).all():
                 raise BinaryDigitsError(f"Labels given with `with_labels=True` must be 0 or 1 (0 for {self.vocab[0]}, "
                                         f"1 for {self.vocab[1]}), got {ys.view(-1).tolist()[:10]}")
-        images, found = digit_images(items, prepare)
+        images, digits = digit_images(items, prepare, counts=True)
         dev = self.valid.dataset.x.device
         ds = DigitsDataset(images_to_x(torch.from_numpy(images), dev), None if ys is None else ys.to(dev), self.vocab)
         dl = self.valid.new(ds, shuffle=False, drop_last=False, **kwargs)
-        dl.found = torch.from_numpy(found)
-        dl.in_pair, dl.other_probs = dl.found.clone(), torch.full((len(found),), float('nan'))
+        dl.digits = torch.from_numpy(digits)
+        dl.found = dl.digits > 0
+        dl.in_pair, dl.other_probs = dl.found.clone(), torch.full((len(digits),), float('nan'))
         if self.pair_check is not None:
             in_pair, probs = self.pair_check.in_pair(ds.x)
             dl.in_pair &= in_pair.cpu()

@@ -24,7 +24,7 @@ from .model_files import (SAFE_SUFFIX, check_model_suffix, existing_model_file, 
                           read_model_file)
 from .models import ARCHS
 from .pair_check import NotInPairError, PairCheck, check_net, pair_check_dls
-from .prepare import NoDigitError
+from .prepare import ManyDigitsError, NoDigitError
 
 __all__ = ['BinaryLearner', 'binary_learner', 'get_model', 'load_binary_learner', 'load_model_file',
            'export_binary_learner']
@@ -61,12 +61,16 @@ class BinaryLearner(FastLearner):
 
     def predict(self, item, rm_type_tfms=None, with_input:bool=False):
         """fastai's `predict`: `(digit, label, probability of vocab[1])` for one image, made to look like MNIST's as
-        `dls.test_dl` does; raises `NoDigitError` when it holds no digit (blank, one colour, noise, a dot), and
-        `NotInPairError` when the pair check finds another digit or a shape unlike the pair's"""
+        `dls.test_dl` does; raises `NoDigitError` when it holds no digit (blank, one colour, noise, a dot),
+        `ManyDigitsError` (a `NoDigitError`) when it holds several side by side, and `NotInPairError` when the pair
+        check finds another digit or a shape unlike the pair's"""
         dl = self.dls.test_dl([item], rm_type_tfms=rm_type_tfms, num_workers=0)
-        if not bool(getattr(dl, 'found', (True,))[0]):
-            raise NoDigitError("No digit found in the image: it looks blank, one colour, noise, or a mark too small to "
-                               "be a digit. Give a picture of one digit (see `prepare_digit` and `show_prepared`)")
+        n = int(getattr(dl, 'digits', (1,))[0])
+        if n == 0: raise NoDigitError("No digit found in the image: it looks blank, one colour, noise, or a mark too "
+                                      "small to be a digit. Give a picture of one digit (see `prepare_digit` and "
+                                      "`show_prepared`)")
+        if n > 1: raise ManyDigitsError(f"The image holds {n} digits side by side, and the model tells one digit: give "
+                                        "a picture of one digit (crop the others out; see `show_prepared`)")
         if not bool(getattr(dl, 'in_pair', (True,))[0]):
             raise _not_in_pair(self.dls.vocab, self.pair_check, float(dl.other_probs[0]))
         inp, preds, _, dec_preds = self.get_preds(dl=dl, with_input=True, with_decoded=True)
@@ -75,13 +79,22 @@ class BinaryLearner(FastLearner):
         return (dec[0],) + res if with_input else res
 
     def export(self, fname:str|Path='export.pkl', **kwargs):
-        """fastai's `export` (a pickle), written to a temporary file then renamed, so an existing export is never left
-        half-written; to a name ending in '.safetensors', the safe format instead (`export_binary_learner`)"""
+        """fastai's `export` (a pickle) to a name ending in '.pkl', written to a temporary file then renamed, so an
+        existing export is never left half-written; to one ending in '.safetensors', the safe format instead
+        (`export_binary_learner`); any other name is refused, as the command line refuses it"""
         if rank_distrib(): return  # as fastai: only the main process exports
-        if Path(fname).suffix.lower() == SAFE_SUFFIX:
+        if check_model_suffix(fname, 'Export file') == SAFE_SUFFIX:
             if kwargs: raise TypeError(f"{', '.join(kwargs)} apply to fastai's pickle export, not to '.safetensors'")
             return export_binary_learner(self, fname)
         with atomic_path(Path(self.path).expanduser()/Path(fname).expanduser()) as tmp: super().export(tmp, **kwargs)
+
+    def show_results(self, ds_idx:int=1, dl=None, max_n:int=9, shuffle:bool=True, **kwargs):
+        """fastai's `show_results`: a batch of `dl` (default: the validation set's) with the targets and predictions,
+        returning the figure as `show_batch` does"""
+        if dl is None: dl = self.dls[ds_idx].new(shuffle=shuffle)
+        b = dl.one_batch()
+        _, _, preds = self.get_preds(dl=[b], with_decoded=True)
+        return dl.show_results(b, preds, max_n=max_n, **kwargs)
 
     @contextmanager
     def distrib_ctx(self, *args, **kwargs):

@@ -8,16 +8,21 @@ from scipy import ndimage
 from .checks import BinaryDigitsError
 from .images import as_pil_image
 
-__all__ = ['prepare_digit', 'NoDigitError']
+__all__ = ['prepare_digit', 'NoDigitError', 'ManyDigitsError']
 
 _WORK = 256        # pictures are reduced (box-averaged) to about this many pixels on their longer side, for speed
-_BLOCKS = 16       # the paper's colour is estimated in blocks, this many along the shorter side ...
-_MIN_CONTRAST = 24 # ... and ink must differ from it by at least this many grey levels (of 255) ...
+_BLOCKS = 32       # the paper's colour is estimated in blocks, this many along the shorter side, where ink stands
+_SE = 14           # ... out of the paper around it over fewer than this many blocks (shadows over more) ...
+_FLAT = 6.0        # ... by this many grey levels at least (and 4.5 times the blocks' median)
+_MAX_GAIN = 2.5    # in a shadow, ink's contrast is dimmed as the paper is: it is scaled back, at most this many times
+_MAX_SHADE = 130   # paper lit more than this many grey levels better in one place than in another is no page (blobs)
+_MIN_CONTRAST = 24 # ink must differ from the paper by at least this many grey levels (of 255) ...
 _MIN_SNR = 5.0     # ... and by this many times the picture's noise
 _MAX_PIECES = 8    # ink in more pieces than this (specks of noise, texture) is not a digit
 _MAX_INK = 0.7     # nor ink covering more than this share of the picture
 _MIN_LENGTH = 2.5  # nor ink no longer than this many of its own stroke widths (a dot, a dash) ...
 _SMALL = 0.25      # ... that is also smaller than this share of the picture's shorter side (a bold digit is not small)
+_GAP = 0.1         # digits side by side: parted by empty columns this share of their height wide
 # MNIST's stroke widths in its 28x28 images, pixels: 10th percentile, median, 95th percentile. Thinner strokes (a pen
 # on a large page) are thickened to the median, thicker ones (a marker) thinned to it
 MNIST_STROKE = (1.5, 2.1, 3.5)
@@ -25,6 +30,10 @@ MNIST_STROKE = (1.5, 2.1, 3.5)
 
 class NoDigitError(BinaryDigitsError):
     "Raised by `learn.predict` when the image holds no digit (blank, one colour, pure noise): see `prepare_digit`"
+
+
+class ManyDigitsError(NoDigitError):
+    "Raised by `learn.predict` when the image holds several digits side by side ('3 7'), not one: see `count_digits`"
 
 
 def is_prepared(a:np.ndarray) -> bool:
@@ -49,32 +58,69 @@ def _paper_blocks(a:np.ndarray, k:int, paper:np.ndarray) -> np.ndarray:
     return np.take_along_axis(b, closest[..., None], axis=2).mean(2)
 
 
-def _background(a:np.ndarray) -> np.ndarray:
-    """The paper's colour at each pixel of `a` (H, W, C): a quadratic surface fitted to the paper of each block of the
-    picture, leaving out blocks far from the fit (ink) in a few rounds; follows shading and uneven light"""
-    h, w, c = a.shape
+def _edge_paper(a:np.ndarray) -> np.ndarray:
+    """The paper's colour at the picture's edges: the median of their lighter half, where a shadow over a side or a
+    corner does not reach (light ink on dark paper seldom shows such shadows, nor covers a quarter of the edges)"""
+    edges = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    light = edges.sum(-1)
+    return np.median(edges[light >= np.median(light)], axis=0)
+
+
+def _background(a:np.ndarray) -> tuple:
+    """The paper's colour at each pixel of `a` (H, W, C), from its colour in each block of paper: a quadratic surface
+    fitted to them, plus what it misses there (shadows, uneven light), carried over to the blocks of ink from the
+    nearest blocks of paper; the blocks' colours are then interpolated to the pixels. And the paper's `_shade`"""
+    h, w = a.shape[:2]
     k = max(2, min(h, w)//_BLOCKS)
-    paper = np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]), axis=0)  # the paper at the picture's edges
-    med = _paper_blocks(a, k, paper)
-    gh, gw = med.shape[:2]
-    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    paper = _edge_paper(a)
+    z = _paper_blocks(a, k, paper)
+    keep = _paper_mask(z, paper)
+    yy, xx = np.mgrid[0:keep.shape[0], 0:keep.shape[1]].astype(np.float32)
     yy, xx = (yy+0.5)*k/h - 0.5, (xx+0.5)*k/w - 0.5  # block centres in -0.5..0.5
-    A = np.stack([np.ones_like(yy), yy, xx, yy*yy, xx*xx, yy*xx], -1).reshape(-1, 6)
-    z = med.reshape(-1, c)
-    dist = np.sqrt(((z - paper)**2).sum(1))  # first guess: the blocks on the paper's side of Otsu's split
-    keep = dist <= _otsu(dist, dist.max()) if dist.max() > 0 else np.ones(len(z), bool)
-    if keep.sum() < 6: keep[:] = True
-    for _ in range(5):
-        coef = np.linalg.lstsq(A[keep], z[keep], rcond=None)[0]
-        res = np.sqrt(((z - A @ coef)**2).sum(1))
-        scale = max(1.4826*np.median(res[keep]), 2.0)
-        new = res <= 3*scale
-        if new.sum() < 6 or (new == keep).all(): break
-        keep = new
-    coef = coef.astype(np.float32)
-    Y = ((np.arange(h, dtype=np.float32)+0.5)/h - 0.5)[:, None, None]
-    X = ((np.arange(w, dtype=np.float32)+0.5)/w - 0.5)[None, :, None]
-    return np.clip((coef[0] + coef[1]*Y + coef[3]*Y*Y) + (coef[2]*X + coef[4]*X*X) + coef[5]*Y*X, 0, 255)
+    A = np.stack([np.ones_like(yy), yy, xx, yy*yy, xx*xx, yy*xx], -1)
+    Ak = A[keep]  # least squares by the normal equations, in einsum: numpy's BLAS would start threads for these
+    coef = np.linalg.solve(np.einsum('ni,nj->ij', Ak, Ak) + 1e-6*np.eye(6), np.einsum('ni,nc->ic', Ak, z[keep]))
+    surface = np.einsum('yxi,ic->yxc', A, coef)
+    iy, ix = ndimage.distance_transform_edt(~keep, return_distances=False, return_indices=True)
+    missed = ndimage.gaussian_filter((z - surface)[iy, ix], (1, 1, 0), mode='nearest')
+    return _upsample(np.where(keep[..., None], z, surface + missed), h, w, k), _shade(z, keep)
+
+
+def _shade(z:np.ndarray, keep:np.ndarray) -> float:
+    "How much the paper's light varies across the blocks of paper `z[keep]`, leaving out two blocks along each edge"
+    inner = z.mean(-1)[2:-2, 2:-2][keep[2:-2, 2:-2]]  # a stroke along an edge passes for a shadow there
+    return float(np.ptp(np.percentile(inner, (1, 99)))) if len(inner) >= 6 else 0.0
+
+
+def _upsample(blocks:np.ndarray, h:int, w:int, k:int) -> np.ndarray:
+    "`blocks` (GH, GW, C), the colours of `k`x`k` blocks from the top left, interpolated bilinearly to (`h`, `w`, C)"
+    from PIL import Image
+    b = np.pad(blocks.astype(np.float32), ((1, 1), (1, 1), (0, 0)), mode='edge')  # beyond the last blocks' centres
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(b[..., i]), 'F').resize(
+        (w, h), Image.BILINEAR, box=(1, 1, 1 + w/k, 1 + h/k))) for i in range(b.shape[-1])], -1)
+
+
+def _paper_mask(z:np.ndarray, paper:np.ndarray) -> np.ndarray:
+    """Which blocks of `z` (the paper's colour in each block, (GH, GW, C)) are paper: ink stands out from `paper` more
+    than the paper around it does, as peaks narrower than `_SE` blocks (found by a grey opening, beyond the blocks'
+    noise), and the blocks beside them may hold some; shadows and shading, which deepen smoothly towards a side or a
+    corner, pass the opening unchanged"""
+    dist = np.sqrt(((z - paper)**2).mean(-1))
+    # the paper goes on beyond the edges as at the edges, so that a shadow along an edge is wider than `_SE` there too
+    out = dist - ndimage.grey_opening(np.pad(dist, _SE, mode='edge'), _SE)[_SE:-_SE, _SE:-_SE]
+    ink = ndimage.binary_dilation(out > max(_FLAT, 4.5*np.median(out)), np.ones((3, 3), bool))
+    return ~ink if (~ink).sum() >= 6 else np.ones_like(ink)
+
+
+def _distance(a:np.ndarray) -> np.ndarray|None:
+    """How far each pixel of `a` (H, W, C) is from the paper's colour there, in grey levels of the lit paper: a
+    shadow dims paper and ink alike, so their difference is scaled back up by how much darker the paper is there.
+    None when the paper's light varies more than any shadow's (`_MAX_SHADE`): smooth blobs of noise, not a page"""
+    bg, shade = _background(a)
+    if shade > _MAX_SHADE: return None
+    light = bg.mean(-1)
+    gain = np.clip(np.percentile(light, 99)/np.maximum(light, 1), 1, _MAX_GAIN)
+    return np.sqrt(((a - bg)**2).mean(-1))*gain
 
 
 def _otsu(d:np.ndarray, top:float) -> float:
@@ -91,7 +137,8 @@ def _otsu(d:np.ndarray, top:float) -> float:
 def ink_map(image) -> np.ndarray|None:
     """How much ink each pixel of `image` holds, 0..1 (float32, reduced to about `_WORK` pixels a side), or None when
     there is no digit. Ink is what differs from the paper: the paper's colour is estimated from the picture itself (so dark on
-    light and light on dark, coloured ink and paper, shading all work); a transparent background means ink = alpha."""
+    light and light on dark, coloured ink and paper, shading and shadows all work); a transparent background means ink
+    = alpha."""
     from PIL import ImageFilter
     im = as_pil_image(image)
     if min(im.size) < 4: return None  # too small to hold a digit
@@ -106,11 +153,9 @@ def ink_map(image) -> np.ndarray|None:
     a = np.asarray(im.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)  # less noise and JPEG artefacts
     if a.ndim == 2: a = a[..., None]
     elif (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]  # grey stored as RGB
-    c = a.shape[-1]
-    d = a - _background(a)
-    d = np.abs(d[..., 0]) if c == 1 else np.sqrt((d*d).sum(-1)*(1/c))  # distance from the paper's colour, grey levels
+    d = _distance(a)
+    if d is None or d.max() < _MIN_CONTRAST: return None  # blobs; blank, one colour
     top = float(d.max())
-    if top < _MIN_CONTRAST: return None  # blank, one colour
     t = _otsu(d, top)
     ink = d > t
     if not ink.any() or ink.mean() > _MAX_INK: return None
@@ -186,18 +231,38 @@ def _centre(digit:np.ndarray) -> np.ndarray:
     return out
 
 
+def count_digits(ink:np.ndarray) -> int:
+    """How many digits the ink map `ink` (`ink_map`'s) holds side by side, as '3 7' written on a line: groups of ink
+    parted by empty columns (`_GAP` of the ink's height wide), each at least half as tall as all the ink and a fifth
+    of the largest group's ink (digits written touching count as one)"""
+    m = ink >= 0.5
+    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    if not len(rows): return 0
+    height = rows[-1] - rows[0] + 1
+    groups = [m[:, g[0]:g[-1]+1] for g in np.split(cols, np.flatnonzero(np.diff(cols) > _GAP*height) + 1)]
+    areas = [g.sum() for g in groups]
+    tall = [np.ptp(np.flatnonzero(g.any(1))) + 1 >= height/2 for g in groups]
+    return max(1, sum(bool(t and a >= max(areas)/5) for t, a in zip(tall, areas)))
+
+
+def _prepare(image) -> tuple:
+    "`prepare_digit`'s 28x28 of `image` (or None), and how many digits it holds side by side (`count_digits`)"
+    im = as_pil_image(image)
+    if im.size == (28, 28) and im.mode == 'L':  # one of MNIST's own images passes as it is
+        a = np.array(im)
+        if is_prepared(a): return a, 1
+    ink = ink_map(im)
+    if ink is None or _too_small(ink): return None, 0
+    return np.rint(_centre(_fit_20(ink))*255).astype(np.uint8), count_digits(ink)
+
+
 def prepare_digit(image) -> np.ndarray|None:
     """`image` (a file path, PIL image, numpy array or torch tensor; any size, colour and polarity; a transparent
     canvas) as MNIST's own images are: a 28x28 uint8 array, a light digit on black, fitted in a 20x20 box, its centre
     of mass at the centre. None when it holds no digit: blank, one colour, pure noise, or a mark too small to be a digit
-    (a dot, a dash)."""
-    im = as_pil_image(image)
-    if im.size == (28, 28) and im.mode == 'L':  # one of MNIST's own images passes as it is
-        a = np.array(im)
-        if is_prepared(a): return a
-    ink = ink_map(im)
-    if ink is None or _too_small(ink): return None
-    return np.rint(_centre(_fit_20(ink))*255).astype(np.uint8)
+    (a dot, a dash). A picture of several digits side by side gives them all in one box (`digit_images` and
+    `learn.predict` say there were several)."""
+    return _prepare(image)[0]
 
 
 def _is_row(o) -> bool:
@@ -212,17 +277,18 @@ def _resized(o) -> np.ndarray:
     return np.asarray(im if im.size == (28, 28) else im.resize((28, 28), Image.BILINEAR))
 
 
-def digit_image(o, prepare:bool=True) -> np.ndarray|None:
-    "`o` as the 28x28 uint8 image the model sees (`prepare_digit`'s, or resized whole unless `prepare`); None: no digit"
-    return _resized(o) if not prepare or _is_row(o) else prepare_digit(o)
+def digit_image(o, prepare:bool=True) -> tuple:
+    """`o` as the 28x28 uint8 image the model sees (`prepare_digit`'s, or resized whole unless `prepare`), None when no
+    digit is found; and how many digits it holds: 0, 1, or more written side by side (`count_digits`)"""
+    return (_resized(o), 1) if not prepare or _is_row(o) else _prepare(o)
 
 
-def digit_images(items, prepare:bool=True) -> tuple:
+def digit_images(items, prepare:bool=True, counts:bool=False) -> tuple:
     """Each of `items` as the 28x28 uint8 image the model sees (`digit_image`), and whether a digit was found in it (the
-    image is blank where not). One item is read and prepared at a time: memory does not grow with their number"""
-    images, found = np.zeros((len(items), 28, 28), np.uint8), np.ones(len(items), bool)
+    image is blank where not); with `counts`, how many digits it holds instead: 0, 1, or more written side by side.
+    One item is read and prepared at a time: memory does not grow with their number"""
+    images, digits = np.zeros((len(items), 28, 28), np.uint8), np.ones(len(items), np.int64)
     for i, o in enumerate(items):
-        a = digit_image(o, prepare)
-        if a is None: found[i] = False
-        else: images[i] = a
-    return images, found
+        a, digits[i] = digit_image(o, prepare)
+        if a is not None: images[i] = a
+    return images, digits if counts else digits > 0

@@ -83,13 +83,14 @@ def photo(img, rng) -> Image.Image:
     canvas, height = _canvas_for(rng)
     ink = _place(_upscale(img, height), rng, canvas)
     h, w = canvas
-    yy, xx = np.mgrid[0:h, 0:w]/max(h, w)
+    yy, xx = np.arange(h, dtype=np.float32)[:, None]/max(h, w), np.arange(w, dtype=np.float32)/max(h, w)
     angle = rng.uniform(0, 2*np.pi)
-    shade = 1 - rng.uniform(0.25, 0.45)*((np.cos(angle)*yy + np.sin(angle)*xx) - (np.cos(angle)*yy + np.sin(angle)*xx).min())
-    paper = 235*shade[..., None]*np.array([1, rng.uniform(0.93, 1), rng.uniform(0.85, 1)])
+    along = np.float32(np.cos(angle))*yy + np.float32(np.sin(angle))*xx
+    shade = 1 - np.float32(rng.uniform(0.25, 0.45))*(along - along.min())
+    paper = 235*shade[..., None]*np.array([1, rng.uniform(0.93, 1), rng.uniform(0.85, 1)], np.float32)
     ink_colour = rng.uniform(20, 70)
-    a = paper*(1 - ink[..., None]) + ink_colour*ink[..., None] + rng.normal(0, rng.uniform(5, 12), (h, w, 1))
-    return _jpeg(_u8(a), int(rng.integers(70, 92)))
+    noise = rng.standard_normal((h, w, 1), dtype=np.float32)*rng.uniform(5, 12)
+    return _jpeg(_u8(paper*(1 - ink[..., None]) + ink_colour*ink[..., None] + noise), int(rng.integers(70, 92)))
 
 
 def transparent_png(img, rng) -> Image.Image:
@@ -112,8 +113,60 @@ def small_light_on_dark(img, rng) -> Image.Image:
     return Image.fromarray(_u8(bg + ink*(fg - bg)))
 
 
+def _shaded(ink:np.ndarray, rng, shadow:np.ndarray) -> Image.Image:
+    """`ink` in dark ink on paper of a random brightness (120-250, slightly tinted), darkened as a phone photo is where
+    `shadow` is 1 (0: lit) by 60-120 grey levels of the paper (at most 60% of its brightness), noisy, JPEG-compressed"""
+    h, w = ink.shape
+    paper = rng.uniform(120, 250)
+    depth = min(rng.uniform(60, 120), 0.6*paper)
+    tint = np.array([1, rng.uniform(0.93, 1), rng.uniform(0.85, 1)], np.float32)
+    page = paper - (paper - rng.uniform(20, 70))*ink  # light falls on paper and ink alike: shadows multiply both
+    noise = rng.standard_normal((h, w, 1), dtype=np.float32)*rng.uniform(3, 8)
+    return _jpeg(_u8((page*(1 - depth/paper*shadow))[..., None]*tint + noise), int(rng.integers(75, 92)))
+
+
+def _ramp(u:np.ndarray, rng) -> np.ndarray:
+    """A shadow's edge: 1 (shadowed) where `u` (0 at the shadowed side, 1 across the picture) is below 0.2-0.5 of the
+    picture, falling to 0 (lit) over 0.1-0.4 of it"""
+    end, width = rng.uniform(0.2, 0.5), rng.uniform(0.1, 0.4)
+    return np.clip((end - u)/width, 0, 1)
+
+
+def _shadowed_digit(img, rng):
+    "`img` placed on a canvas as `ink_on_white` places it, and the canvas's coordinates in 0..1: y (a column), x (a row)"
+    canvas, height = _canvas_for(rng)
+    ink = _place(_upscale(img, height), rng, canvas)
+    return ink, np.linspace(0, 1, canvas[0], dtype=np.float32)[:, None], np.linspace(0, 1, canvas[1], dtype=np.float32)
+
+
+def shadow_side(img, rng) -> Image.Image:
+    "A phone photo with a straight shadow over one side (its edge tilted up to 20 degrees), on paper of any brightness"
+    ink, yy, xx = _shadowed_digit(img, rng)
+    side, tilt = rng.integers(4), rng.uniform(-0.35, 0.35)
+    u = [yy, 1 - yy, xx, 1 - xx][side] + tilt*([xx, xx, yy, yy][side] - 0.5)
+    return _shaded(ink, rng, _ramp(u, rng))
+
+
+def shadow_corner(img, rng) -> Image.Image:
+    "A phone photo with a straight shadow over one corner, on paper of any brightness"
+    ink, yy, xx = _shadowed_digit(img, rng)
+    ys, xs = (yy, 1 - yy)[rng.integers(2)], (xx, 1 - xx)[rng.integers(2)]
+    t = rng.uniform(0.3, 0.7)  # the edge's direction: its weight on the vertical
+    return _shaded(ink, rng, _ramp(t*ys + (1-t)*xs, rng))
+
+
+def shadow_curved(img, rng) -> Image.Image:
+    "A phone photo with a round-edged shadow, its centre beyond a side or a corner, on paper of any brightness"
+    ink, yy, xx = _shadowed_digit(img, rng)
+    cy, cx = [(-0.4, -0.4), (-0.4, 0.5), (-0.4, 1.4), (0.5, 1.4), (1.4, 1.4), (1.4, 0.5), (1.4, -0.4), (0.5, -0.4)
+              ][rng.integers(8)] + rng.uniform(-0.15, 0.15, 2)
+    r = np.sqrt((yy - np.float32(cy))**2 + (xx - np.float32(cx))**2)
+    return _shaded(ink, rng, _ramp(r - r.min(), rng))
+
+
 RENDERINGS = dict(ink_on_white=ink_on_white, colour_jpeg=colour_jpeg, thick=thick, photo=photo,
-                  transparent_png=transparent_png, small_light_on_dark=small_light_on_dark)
+                  transparent_png=transparent_png, small_light_on_dark=small_light_on_dark,
+                  shadow_side=shadow_side, shadow_corner=shadow_corner, shadow_curved=shadow_curved)
 
 
 def render(images, kind:str, seed:int) -> list:
@@ -133,6 +186,9 @@ def no_digit_images(seed:int=0) -> dict:
     out['uniform noise'] = _u8(rng.uniform(0, 256, (h, w)))
     out['colour noise'] = _u8(rng.uniform(0, 256, (h, w, 3)))
     out['noise 28x28'] = _u8(rng.uniform(0, 256, (28, 28)))
+    for i, n in enumerate((4, 7, 11)):  # smooth blobs of any grey: light varying more than a shadow's
+        blobs = Image.fromarray(rng.uniform(0, 256, (n, n)).astype(np.float32)).resize((w, h), Image.BICUBIC)
+        out[f'smooth blobs {i}'] = _u8(np.asarray(blobs))
     sp = np.full((h, w), 200, np.uint8)
     sp[rng.random((h, w)) < 0.03] = 0
     sp[rng.random((h, w)) < 0.03] = 255

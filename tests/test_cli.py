@@ -159,12 +159,31 @@ def test_predict_says_no_digit_found_and_goes_on_past_unreadable_images(trained,
             .splitlines()]
     assert [r['image'] for r in rows] == [str(fn) for fn in fns]
     assert rows[1] == dict(image=str(fns[1]), digit=None, in_pair=None, probability=None, probabilities=None,
-                           other_probability=None)
+                           other_probability=None, digits=0)
     assert 'Could not read the image' in rows[2]['error'] and 'does not exist' in rows[3]['error']
     assert rows[0]['digit'] in PAIR and rows[4]['digit'] in PAIR
     # switched off, the blank page is only resized, and goes to the model (whose pair check may call it neither digit)
     res = cli('predict', d/'models'/'model.safetensors', tmp_path/'blank.png', '--no-prepare', cwd=d, check=False)
     assert re.fullmatch(r'.*blank.png: ([48] \(\d\.\d{3}\)|neither 4 nor 8 \(.*\))', lines(res.stdout)[0])
+
+
+def test_predict_says_when_an_image_holds_several_digits(trained, images, tmp_path, capsys):
+    "'4 8' on one line: 'N digits found' (in JSON, `digits`), exit status 1; the others answered"
+    import numpy as np
+    d, _ = trained
+    good = images[0][0]
+    one = 255 - np.asarray(Image.open(good).convert('L'))  # dark ink on white
+    Image.fromarray(np.hstack([one, np.full((28, 12), 255, np.uint8), one])).resize((544, 224)).save(tmp_path/'two.png')
+    model = str(d/'models'/'model.safetensors')
+    assert main(['predict', model, str(tmp_path/'two.png'), str(good)]) == 1
+    out = lines(capsys.readouterr().out)
+    assert out[0] == f'{tmp_path/"two.png"}: 2 digits found side by side: give one digit per image'
+    assert re.fullmatch(rf'{re.escape(str(good))}: [48] \(\d\.\d{{3}}\)', out[1]), out
+    assert main(['predict', '--json', model, str(tmp_path/'two.png'), str(good)]) == 1
+    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert rows[0] == dict(image=str(tmp_path/'two.png'), digit=None, in_pair=None, probability=None, probabilities=None,
+                           other_probability=None, digits=2)
+    assert rows[1]['digits'] == 1 and rows[1]['digit'] in PAIR
 
 
 def test_predict_save_prepared_must_be_a_folder(trained, tmp_path, capsys):
@@ -540,6 +559,46 @@ def test_help_and_usage_errors_import_neither_torch_nor_fastai():
     imported = {l.rsplit('|', 1)[-1].strip() for l in res.stderr.splitlines() if l.startswith('import time:')}
     assert res.returncode == 0 and 'fastai_binary_digits.cli' in imported
     assert not imported & {'torch', 'fastai', 'numpy'}, sorted(imported & {'torch', 'fastai', 'numpy'})
+
+
+USAGE_ERRORS = [  # (arguments, the `error:` line, in the command line's words); {port}: a port taken, m.safetensors: a file
+    (['train', '--pair', '3', '3'], "error: --pair 3 3: give two different digits from 0 to 9, such as --pair 3 7"),
+    (['train', '--pair', '4', '10'], "error: --pair 4 10: give two different digits from 0 to 9, such as --pair 3 7"),
+    (['train', '--out', 'model.pth'], "error: --out model.pth ends in '.pth': a model file ends in '.safetensors'"),
+    (['demo', 'nosuch.safetensors'], "error: Model file nosuch.safetensors does not exist; make one with "
+                                     "`fastai-binary-digits train --out nosuch.safetensors`"),
+    (['demo', 'nosuch.pth'], "error: Model file nosuch.pth ends in '.pth': a model file ends in '.safetensors'"),
+    (['demo', 'm.safetensors', '--port', '{port}'], "error: Port {port} on 127.0.0.1 is not free"),
+    (['demo', 'm.safetensors', '--port', '70000'], "error: argument --port: must be a port number from 1 to 65535, "
+                                                   "got '70000'"),
+    (['demo', 'm.safetensors', '--host', 'no.such.host.invalid'], "error: Cannot serve on no.such.host.invalid"),
+]
+
+
+def test_usage_errors_answer_before_torch_and_fastai(tmp_path):
+    "The pair, the output's suffix, the model's path, the port and the host: exit 2, one `error:` line, nothing heavy"
+    import socket
+    (tmp_path/'m.safetensors').write_bytes(b'')  # never read: the port is checked before the model loads
+    code = ("import contextlib, io, json, sys\nfrom fastai_binary_digits.cli import main\n"
+            "for argv in json.loads(sys.argv[1]):\n"
+            "    err = io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err):\n"
+            "        try: status = main(argv)\n"
+            "        except SystemExit as e: status = e.code\n"
+            "    print(json.dumps([status, err.getvalue()]))\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'fastai', 'numpy', 'gradio') if m in sys.modules)))\n")
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); s.listen()
+        port = str(s.getsockname()[1])
+        argvs = [[a.format(port=port) for a in args] for args, _ in USAGE_ERRORS]
+        res = subprocess.run([sys.executable, '-c', code, json.dumps(argvs)], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=120)
+    *answers, heavy = [json.loads(l) for l in res.stdout.splitlines()]
+    for (args, message), (status, err) in zip(USAGE_ERRORS, answers):
+        assert status == 2 and 'Traceback' not in err, (args, err)
+        assert message.format(port=port) in err.strip().splitlines()[-1], (args, err)
+        assert len(lines(err)) == 1 or args[-1] == '70000'  # argparse's own errors come after its usage lines
+    assert heavy == [], heavy
 
 
 def test_arch_choices_are_the_models():

@@ -1,5 +1,5 @@
 "Loss, metric, models and `binary_learner` with real images and real fastai runs"
-import json, subprocess, sys, textwrap
+import json, re, subprocess, sys, textwrap
 
 import matplotlib
 matplotlib.use('Agg')
@@ -18,6 +18,7 @@ from fastai.optimizer import SGD
 from fastai.torch_core import TensorCategory, TensorImageBW
 from fastai_binary_digits import (BinaryDigitsDataLoaders, BinaryLearner, batch_accuracy, binary_learner, cnn,
                                   deep_net, linear_model, log_loss, mnist_loss, plot_weights, simple_net)
+from fastai_binary_digits.checks import BinaryDigitsError
 
 
 def book_mnist_loss(predictions, targets):
@@ -270,6 +271,28 @@ def test_export_then_load_learner_in_a_new_process(trained, sample_png, tmp_path
     there = json.loads(out.strip().splitlines()[-1])
     assert np.allclose(here, there, atol=1e-6)
     assert load_learner(fn).dls.vocab == trained.dls.vocab
+
+
+def test_show_results_returns_its_figure_as_show_batch_does(trained):
+    import matplotlib.figure, matplotlib.pyplot as plt
+    fig = trained.show_results(max_n=4)
+    assert isinstance(fig, matplotlib.figure.Figure) and isinstance(trained.dls.show_batch(max_n=4), matplotlib.figure.Figure)
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert len(titles) == 4 and all(re.fullmatch(r'[48]/[48]', t) for t in titles)  # target/prediction
+    assert fig._suptitle.get_text() == 'target/prediction'
+    dl = trained.dls.test_dl(trained.dls.valid.dataset.x[:3])
+    assert len([ax for ax in trained.show_results(dl=dl).axes if ax.images]) == 3  # a test_dl's: predictions alone
+    plt.close('all')
+
+
+@pytest.mark.parametrize('name', ['model.pt', 'model.pth', 'model', 'model.pkl.tmp'])
+def test_export_takes_the_command_lines_two_suffixes_only(trained, tmp_path, name):
+    "As `train --out`: '.pkl' or '.safetensors' (any case), anything else refused and nothing written"
+    with pytest.raises(BinaryDigitsError, match=r"ends in '\.safetensors' .* or '\.pkl'"): trained.export(tmp_path/name)
+    assert not list(tmp_path.iterdir())
+    trained.export(tmp_path/'model.PKL')
+    trained.export(tmp_path/'model.SafeTensors')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['model.PKL', 'model.SafeTensors']
 
 
 def test_export_never_leaves_a_half_written_file(trained, tmp_path, monkeypatch):

@@ -339,7 +339,7 @@ def test_predict_json_says_in_pair(sample37, exported, images, capsys):
     assert five['digit'] is None and five['in_pair'] is False and five['other_probability'] > threshold
     assert five['probability'] is None and set(five['probabilities']) == {'3', '7'}  # what the model alone would say
     assert none == dict(image=str(dot), digit=None, in_pair=None, probability=None, probabilities=None,
-                        other_probability=None)
+                        other_probability=None, digits=0)
     assert main(['predict', '--json', str(exported/'plain.safetensors'), str(fns[5])]) == 0  # no check: answered
     row = json.loads(capsys.readouterr().out)
     assert row['digit'] in (3, 7) and row['in_pair'] is None and row['other_probability'] is None

@@ -36,7 +36,8 @@ def pytest_collection_modifyitems(config, items):
         elif _shares_module_fixture(item): item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
-def _idx_dir():
+def full_set_path():
+    "The folder of the full MNIST IDX files that CI passes in (MNIST_IDX_DIR), or None"
     d = os.environ.get(IDX_ENV)
     return Path(d) if d and any((Path(d)/f'train-images-idx3-ubyte{ext}').exists() for ext in ('', '.gz')) else None
 
@@ -44,7 +45,7 @@ def _idx_dir():
 @pytest.fixture(scope='session')
 def idx_dir():
     "The full MNIST IDX files, or skip"
-    d = _idx_dir()
+    d = full_set_path()
     if d is None: pytest.skip(f"the full MNIST set is absent: set {IDX_ENV} to a folder holding the four IDX files")
     return d
 

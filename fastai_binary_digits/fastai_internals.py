@@ -117,8 +117,7 @@ def _next_lookup(o, name:str):
     default = _delegate_name(cls)
     if default is None or d is None or name in d or hasattr(cls, name) or '_default' in d or '_xtra' in d: return _FOUND
     if name == default: return None  # fastcore's `_component_attr_filter`: `k in ('_xtra',self._default)`: False
-    # `attr = getattr(self,self._default,None)`
-    return d[default] if default in d else getattr_static(cls, default, None)
+    return d[default] if default in d else getattr_static(cls, default, None)  # `getattr(self,self._default,None)`
 
 
 def _misses(o, name:str) -> bool:

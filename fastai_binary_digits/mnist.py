@@ -56,8 +56,7 @@ def _load_idx_split(folder:Path, split:str, digits) -> dict:
         raise BinaryDigitsError(f"{images_f} holds images of shape {images.shape[1:]} and type {images.dtype}; "
                                 "MNIST images are 28x28 uint8")
     if labels.shape != images.shape[:1]:
-        raise BinaryDigitsError(f"{labels_f} holds {len(labels):,} labels for the {len(images):,} images of "
-                                f"{images_f}")
+        raise BinaryDigitsError(f"{labels_f} holds {len(labels):,} labels for the {len(images):,} images of {images_f}")
     indices_f = idx_file(folder, prefix, 'indices')  # the bundled sample keeps each image's index in the full file
     indices = read_idx(indices_f).astype(np.int64) if indices_f is not None else np.arange(len(images))
     return {d: (torch.from_numpy(images[labels == d]), torch.from_numpy(indices[labels == d])) for d in digits}

@@ -23,8 +23,7 @@ def images_to_x(images:Tensor, device=None) -> Tensor:
     flat = images.flatten(1)
     if flat.device.type != 'cpu' or (device is not None and torch.device(device).type != 'cpu'):
         return flat.to(device).float().div_(255)
-    # numpy asks the OS for huge pages for large arrays: the page faults of a fresh tensor of a few MB cost more
-    # than the conversion that fills it
+    # numpy asks the OS for huge pages for large arrays: a fresh tensor's page faults would cost more than the copy
     out = torch.from_numpy(np.empty(flat.shape, np.float32))
     return out.copy_(flat).div_(255)
 
@@ -63,14 +62,15 @@ def testing_dl(pair, path:str|Path|None=None, sample:bool=False, bs:int=256, dev
     "A loader of the official testing images of `pair`, in order (label 0 for `pair[0]`): no training image is read"
     pair, device = check_pair(pair), check_device(device)
     tensors = _load_pair(find_source(path, sample), pair, 'testing')
-    return BinaryDigitsDL(_dataset(tensors, CategoryMap(list(pair), sort=False), device), bs=check_bs(bs), device=device)
+    vocab = CategoryMap(list(pair), sort=False)
+    return BinaryDigitsDL(_dataset(tensors, vocab, device), bs=check_bs(bs), device=device)
 
 
 def _check_split(valid:str, valid_pct):
-    if valid not in ('split', 'testing'):
-        raise BinaryDigitsError(f"`valid` must be 'split' (hold out `valid_pct` of training) or 'testing', got {valid!r}")
-    if valid == 'split' and not (isinstance(valid_pct, (int, float)) and 0 < valid_pct < 1):
-        raise BinaryDigitsError(f"`valid_pct` must be a fraction between 0 and 1 (exclusive), such as 0.2, got {valid_pct!r}")
+    if valid not in ('split', 'testing'): raise BinaryDigitsError(
+        f"`valid` must be 'split' (hold out `valid_pct` of training) or 'testing', got {valid!r}")
+    if valid == 'split' and not (isinstance(valid_pct, (int, float)) and 0 < valid_pct < 1): raise BinaryDigitsError(
+        f"`valid_pct` must be a fraction between 0 and 1 (exclusive), such as 0.2, got {valid_pct!r}")
 
 
 class BinaryDigitsDataLoaders(DataLoaders):
@@ -122,12 +122,10 @@ class BinaryDigitsDataLoaders(DataLoaders):
 
     def test_dl(self, test_items, rm_type_tfms=None, with_labels:bool=False, prepare:bool|None=None,
                 **kwargs) -> BinaryDigitsDL:
-        """A loader of `test_items` (file paths, PIL images, arrays or tensors; `(image, label)` pairs if `with_labels`),
-        each made to look like MNIST's by `prepare_digit` when `prepare` (None: `self.prepare`), else resized whole.
-        Its `found` (a bool tensor) says which images held a digit; the others are served as blank images. Its `digits`
-        (an int tensor) says how many: 0, 1, or more written side by side (prepared together, in one box). Its `in_pair`
-        says which held one of the pair's digits by the pair check (all that held a digit when there is no check), and
-        `other_probs` the check's probability that each is another digit (NaN without a check or a digit)."""
+        """A loader of `test_items` (files, PIL images, arrays, tensors; `(image, label)` if `with_labels`), prepared by
+        `prepare_digit` when `prepare` (None: `self.prepare`), else resized. Its `found`, `digits` (how many side by
+        side), `in_pair` (the pair check's verdict) and `other_probs` (its probability of another digit, or NaN) say
+        what each image held; images without a digit are served blank"""
         kwargs.pop('process', None)  # passed by fastai's `Interpretation`; there is nothing to process here
         prepare = check_prepare(self.prepare if prepare is None else prepare)
         items = list(test_items)

@@ -1,5 +1,5 @@
-"""Distributed training with fastai's own engine (`learn.distrib_ctx()`: Hugging Face Accelerate and PyTorch DDP),
-on CPU backends (gloo) too, and a context for scripts and the command line that goes distributed only under `torchrun`"""
+"""fastai's distributed training (`learn.distrib_ctx()`: Accelerate and DDP) on CPU backends (gloo) too, and a
+context for scripts and the command line that goes distributed only under `torchrun`"""
 from __future__ import annotations
 import atexit, hashlib, os
 from contextlib import contextmanager
@@ -35,9 +35,8 @@ def _destroy(group):
 
 @contextmanager
 def distrib_ctx(learn:Learner, *args, **kwargs):
-    """fastai's `learn.distrib_ctx()`, on CPU backends (gloo) too. fastai leaves the process group Accelerate started
-    alive after it (so that it can still gather); left to interpreter shutdown, gloo's threads can abort a run that
-    trained well, so that group (never one the user made) is destroyed at exit"""
+    """fastai's `learn.distrib_ctx()`, on CPU backends (gloo) too; the group Accelerate started (never the user's) is
+    destroyed at exit, as gloo's threads left to interpreter shutdown can abort a run that trained well"""
     require_accelerate()
     import fastai.distributed  # adds `Learner.distrib_ctx`
     before = _group()
@@ -69,9 +68,8 @@ def _check_same_data(dls):
 
 @contextmanager
 def distrib_ctx_if_launched(learn:Learner, **kwargs):
-    """`learn.distrib_ctx()` when this process is one of several launched by `torchrun` (`WORLD_SIZE` > 1), on the GPUs
-    when there are some and on the CPU (gloo) otherwise; nothing when it runs alone. `kwargs` go to `distrib_ctx`.
-    The process group it started is destroyed on leaving; one the user made before stays up"""
+    """`learn.distrib_ctx(**kwargs)` when launched by `torchrun` (`WORLD_SIZE` > 1), on GPUs or the CPU (gloo); else
+    nothing. The process group it started is destroyed on leaving; one the user made before stays up"""
     if num_distrib() <= 1:
         yield learn
         return
@@ -88,8 +86,8 @@ def distrib_ctx_if_launched(learn:Learner, **kwargs):
 
 @contextmanager
 def alone():
-    """The processes of a distributed run go on alone inside this context: fastai gathers every prediction and metric
-    across processes while `WORLD_SIZE` is above 1, so it is 1 here (`rank_distrib()` still tells rank 0)"""
+    """The processes of a distributed run go on alone inside: fastai gathers predictions and metrics while `WORLD_SIZE`
+    is above 1, so it is 1 here (`rank_distrib()` still tells rank 0)"""
     before = os.environ.get('WORLD_SIZE')
     os.environ['WORLD_SIZE'] = '1'
     try: yield

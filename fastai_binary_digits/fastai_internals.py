@@ -1,7 +1,5 @@
-"""Everything that reaches into fastai's internals, each piece beside the fastai (or fastcore, torch) line it mirrors:
-the event dispatch that skips callback calls proven to do nothing, the loader that slices batches out of whole
-tensors, the CPU fix of `DistributedDL`, and the guard that turns the fast paths off when the code they mirror is not
-the code they were checked against (`tests/test_fast_paths*.py`)."""
+"""All that reaches into fastai's internals, beside the line it mirrors: the event dispatch, the slicing loader, the
+CPU `DistributedDL` fix, and the guard turning them off when fastai is not the code checked (tests/test_fast_paths*)"""
 from __future__ import annotations
 import hashlib, inspect, io, textwrap, tokenize, warnings
 from pkgutil import resolve_name
@@ -28,7 +26,6 @@ from .plots import plot_digit_losses, show_digits
 __all__ = ['fast_paths_checked', 'call_event', 'FastLearner', 'TensorDigits', 'DigitsDataset', 'BinaryDigitsDL',
            'cpu_broadcast']
 
-# ---------------------------------------------------------------------------------------------------------------
 # The guard: the code the fast paths mirror, by its fingerprint on each fastai (and torch) release they were checked on
 
 MIRRORED = {  # name -> the fingerprints checked; add one after `tests/test_fast_paths*.py` pass on a new release
@@ -60,14 +57,14 @@ def fingerprint(f) -> str:
     return hashlib.sha1(code.encode()).hexdigest()[:12]
 
 
+def _checked(name:str, ok:set) -> bool:
+    try: return fingerprint(resolve_name(name)) in ok
+    except (ImportError, AttributeError, OSError, TypeError): return False
+
+
 def changed_code() -> list:
     "The names in `MIRRORED` whose code differs from every fingerprint checked (or cannot be read)"
-    res = []
-    for name, ok in MIRRORED.items():
-        try: same = fingerprint(resolve_name(name)) in ok
-        except (ImportError, AttributeError, OSError, TypeError): same = False
-        if not same: res.append(name)
-    return res
+    return [name for name, ok in MIRRORED.items() if not _checked(name, ok)]
 
 
 @cache
@@ -81,7 +78,6 @@ def fast_paths_checked() -> bool:
     return not changed
 
 
-# ---------------------------------------------------------------------------------------------------------------
 # Event dispatch: fastai calls every callback at every event; a call is skipped only when it provably does nothing
 
 _FOUND = object()  # a lookup that may find an attribute, or run code of its own
@@ -111,7 +107,8 @@ def _delegate_name(cls) -> str|None:
 def _plain_callback(cls) -> bool:
     "Whether `cb(event)` on a `cls` is fastai's `Callback.__call__` reading plain attributes (no properties)"
     return (getattr_static(cls, '__call__', None) is Callback.__call__ and _delegate_name(cls) is not None
-            and not any(_is_descriptor(getattr_static(cls, n, None)) for n in ('run', 'run_train', 'run_valid', 'training')))
+            and not any(_is_descriptor(getattr_static(cls, n, None)) for n in ('run', 'run_train', 'run_valid',
+                                                                                'training')))
 
 
 def _next_lookup(o, name:str):
@@ -120,17 +117,17 @@ def _next_lookup(o, name:str):
     default = _delegate_name(cls)
     if default is None or d is None or name in d or hasattr(cls, name) or '_default' in d or '_xtra' in d: return _FOUND
     if name == default: return None  # fastcore's `_component_attr_filter`: `k in ('_xtra',self._default)`: False
-    return d[default] if default in d else getattr_static(cls, default, None)  # `attr = getattr(self,self._default,None)`
+    return d[default] if default in d else getattr_static(cls, default, None)  # `getattr(self,self._default,None)`
 
 
 def _misses(o, name:str) -> bool:
     "Whether `getattr(o, name)` provably raises `AttributeError`, running no code but fastcore's and torch's lookups"
-    if isinstance(o, nn.Module):  # torch's `Module.__getattr__`: `_parameters`, `_buffers`, `_modules`, then AttributeError
+    if isinstance(o, nn.Module):  # torch's `Module.__getattr__`: `_parameters`, `_buffers`, `_modules`, AttributeError
         d = o.__dict__
         return (_plain_lookup(type(o), nn.Module.__getattr__) and name not in d and not hasattr(type(o), name)
                 and not any(name in d.get(k, ()) for k in ('_parameters', '_buffers', '_modules')))
     target = _next_lookup(o, name)
-    return target is None or (target is not _FOUND and _misses(target, name))  # `if attr is not None: ...getattr(attr,k)`
+    return target is None or (target is not _FOUND and _misses(target, name))  # `if attr is not None: getattr(attr,k)`
 
 
 def call_event(learn, event_name:str):
@@ -138,8 +135,7 @@ def call_event(learn, event_name:str):
     if not hasattr(event, event_name): raise Exception(f'missing {event_name}')  # as `Learner._call_one`
     learner_misses = None  # whether `getattr(learn, event_name)` raises: read once, and again after a callback ran
     for cb in sorted_ex(learn.cbs, key='order'):  # `self.cbs.sorted('order')`, without making an `L` of it
-        # `Callback.__call__`: `getcallable(self, event_name)()`, where `getcallable` is `getattr(o, attr, noop)`;
-        # at `after_fit` it also sets `self.run=True`, so every callback is called then
+        # `Callback.__call__`: `getcallable(self, event_name)()`, `getattr(o, attr, noop)`; `after_fit`: `self.run=True`
         target = _next_lookup(cb, event_name) if event_name != 'after_fit' and _plain_callback(type(cb)) else _FOUND
         if target is learn:
             if learner_misses is None: learner_misses = _misses(learn, event_name)
@@ -158,8 +154,7 @@ _fastai_loaders = ContextVar('fastai_loaders', default=False)  # True while a `f
 
 
 class FastLearner(Learner):
-    """fastai's `Learner`, its events skipping the callback calls proven to do nothing and its loaders iterated
-    without PyTorch's iterator; `fast=False`, or fastai code other than the code checked, takes fastai's own paths"""
+    "fastai's `Learner`, skipping callback calls proven to do nothing; `fast=False` or unchecked fastai: fastai's paths"
     fast = True  # (pickled learners from before `fast` existed)
 
     @delegates(Learner.__init__)
@@ -179,7 +174,7 @@ class FastLearner(Learner):
         else: super()._call_one(event_name)
 
     def _set_device(self, b):
-        "fastai's `_set_device` sends `b` where the model is (both its branches), which is where our batches already are"
+        "fastai's `_set_device` sends `b` where the model is (both its branches): where our batches already are"
         if self._fast() and _on(b, next(self.model.parameters()).device): return b
         return super()._set_device(b)
 
@@ -192,8 +187,7 @@ class FastLearner(Learner):
 
 @contextmanager
 def cpu_broadcast():
-    """Within this context, fastai's `DistributedDL._broadcast`, which sends the epoch's indices through CUDA (for
-    NCCL), keeps them on the CPU when the process group's backend sends CPU tensors (gloo, MPI)"""
+    "Within it, fastai's `DistributedDL._broadcast` (indices through CUDA, for NCCL) keeps them on CPU for gloo, MPI"
     from fastai.distributed import DistributedDL
     fastai_broadcast = DistributedDL._broadcast
     def _broadcast(self, t, rank):
@@ -206,11 +200,10 @@ def cpu_broadcast():
     finally: DistributedDL._broadcast = fastai_broadcast
 
 
-# ---------------------------------------------------------------------------------------------------------------
 # The slicing loader
 
 class TensorDigits(TensorBase):
-    "A batch of flattened 28x28 digits: the type fastai's show and interpretation tools dispatch on (batches stay plain)"
+    "A batch of flattened 28x28 digits: the type fastai's show and interpretation tools dispatch on (batches are plain)"
 
 
 class DigitsDataset:
@@ -238,9 +231,8 @@ class DigitsDataset:
 
 
 class BinaryDigitsDL(TfmdDL):
-    """fastai's `TfmdDL`, its batches sliced out of a `DigitsDataset` rather than collated item by item. A per-item
-    hook (`after_item`, `before_batch`, `create_item`, ...), `fast=False`, or fastai code other than the code checked
-    (`fast_paths_checked`) makes the batches with fastai's own code, so that every hook is called as fastai calls it"""
+    """fastai's `TfmdDL`, its batches sliced out of a `DigitsDataset`; a per-item hook (`after_item`, `create_item`...),
+    `fast=False` or unchecked fastai code (`fast_paths_checked`) batches with fastai's own code, calling every hook"""
     fast = True
     _item_methods = ('create_item', 'create_batch', 'do_item', 'do_batch', 'retain', 'chunkify')
 
@@ -250,7 +242,8 @@ class BinaryDigitsDL(TfmdDL):
             raise BinaryDigitsError("BinaryDigitsDL makes its batches in this process (slices of tensors in memory), "
                                     "so it takes no worker processes: leave `num_workers` out, or 0")
         if kwargs.get('wif') is not None:
-            raise BinaryDigitsError("BinaryDigitsDL runs no worker processes, so fastai would never call `wif`: leave it out")
+            raise BinaryDigitsError("BinaryDigitsDL runs no worker processes, so fastai would never call `wif`: "
+                                    "leave it out")
         self.fast = fast  # False: fastai's own item-by-item batching
         super().__init__(dataset, bs=bs, shuffle=shuffle, drop_last=drop_last, device=device, num_workers=0, **kwargs)
 
@@ -309,8 +302,9 @@ class BinaryDigitsDL(TfmdDL):
         if isinstance(samps, range) and samps.step == 1 and 0 <= samps.start and samps.stop <= len(ds): take = None
         else:  # shuffled, or a share handed out by `DistributedDL`
             samps = samps if type(samps) is list else list(samps)
-            if not (self._own('get_idxs', 'shuffle_fn', 'sample') or all(type(i) is int and 0 <= i < len(ds) for i in samps)):
-                yield from super().create_batches(samps); return  # indices from a hook: fastai reads each as it does
+            own = self._own('get_idxs', 'shuffle_fn', 'sample')
+            if not (own or all(type(i) is int and 0 <= i < len(ds) for i in samps)):  # indices from a hook: as fastai
+                yield from super().create_batches(samps); return
             take = torch.as_tensor(samps, dtype=torch.long, device=ds.x.device)
         start, n = (samps.start if take is None else 0), len(samps)
         for i in range(0, n - n % bs if self.drop_last else n, bs):
@@ -334,23 +328,23 @@ class BinaryDigitsDL(TfmdDL):
         "Show `max_n` digits of batch `b` (default: `one_batch()`) with their labels; returns the figure"
         if b is None: b = self.one_batch()
         if not show: return super().show_batch(b, max_n=max_n, show=False)
-        return show_digits(b[0][:max_n], None if len(b) < 2 else [str(self.vocab[int(t)]) for t in b[1][:max_n]], **kwargs)
+        return show_digits(b[0][:max_n], None if len(b) < 2 else [str(self.vocab[int(t)]) for t in b[1][:max_n]],
+                           **kwargs)
 
     def show_results(self, b, out, max_n:int=9, ctxs=None, show:bool=True, **kwargs):
         "Show `max_n` digits with their target and decoded prediction, green when right, red when wrong"
         if not show: return super().show_results(b, out, max_n=max_n, show=False)
-        x, p = b[0][:max_n], (out[0] if isinstance(out, (tuple, list)) else out)[:max_n]
+        x, p = b[0][:max_n], [int(q) for q in (out[0] if isinstance(out, (tuple, list)) else out)[:max_n]]
         if len(b) < 2:  # unlabelled images (a `test_dl` of a person's own): the predictions alone
-            return show_digits(x, [str(self.vocab[int(q)]) for q in p], suptitle='prediction', **kwargs)
+            return show_digits(x, [str(self.vocab[q]) for q in p], suptitle='prediction', **kwargs)
         y = [int(t) for t in b[1][:max_n]]
-        return show_digits(x, [f'{self.vocab[t]}/{self.vocab[int(q)]}' for t, q in zip(y, p)], suptitle='target/prediction',
-                           colors=['green' if t == int(q) else 'red' for t, q in zip(y, p)], **kwargs)
+        return show_digits(x, [f'{self.vocab[t]}/{self.vocab[q]}' for t, q in zip(y, p)], suptitle='target/prediction',
+                           colors=['green' if t == q else 'red' for t, q in zip(y, p)], **kwargs)
 
 
 @cache
 def _register_plot_top_losses():
-    """The digits' `plot_top_losses`, added to fastai's once its catch-all `(x, y, *args)` is defined: plum ranks the
-    two signatures alike and keeps the one registered last"""
+    "The digits' `plot_top_losses`, added after fastai's catch-all `(x, y, *args)`: plum keeps the last of equal ranks"
     import fastai.interpret
     def plot_top_losses(x:TensorDigits, y, *args, **kwargs): return plot_digit_losses(*args, **kwargs)
     dispatch(plot_top_losses)

@@ -1,5 +1,4 @@
-"""Any picture a person gives (a file, a PIL image, an array, a tensor) as a PIL image the package can prepare: the one
-door every image comes in by, where its size is bounded before it is decoded and any failure to read it is named"""
+"Any picture (a file, PIL image, array, tensor) as a PIL image: the one door in, its size bounded before decoding"
 from __future__ import annotations
 from pathlib import Path
 
@@ -12,8 +11,7 @@ __all__ = ['as_pil_image']
 
 MAX_PIXELS = 50_000_000  # a phone's largest photos: larger pictures are refused from their header, never decoded
 MAX_ASPECT = 50          # nor is a strip: the longer side is at most this many times the shorter
-FORMATS = ('PNG', 'JPEG', 'GIF', 'BMP', 'TIFF', 'WEBP')  # PIL's readers of the pictures people take or draw (JPEG's
-                                                         # reads phones' MPO too); no others are tried on a file
+FORMATS = ('PNG', 'JPEG', 'GIF', 'BMP', 'TIFF', 'WEBP')  # the only readers PIL tries on a file (JPEG's reads MPO too)
 _DRAFT = 256  # JPEGs this many pixels or more on their longer side are decoded at 1/2, 1/4 or 1/8 of their size: fast
 
 
@@ -29,15 +27,15 @@ def check_image_size(size:tuple, what:str='The image'):
 
 
 def as_pil_image(o):
-    """`o` (a file path, PIL image, numpy array or torch tensor; any size, greyscale, RGB or with alpha) as a PIL image
-    in mode 'L', 'LA', 'RGB' or 'RGBA', or a clear error; files are turned upright as their EXIF data says. Its size is
-    checked first (`MAX_PIXELS`, `MAX_ASPECT`): for a file, from its header, before anything is decoded"""
+    """`o` (a file path, PIL image, array or tensor) as a PIL image in mode 'L', 'LA', 'RGB' or 'RGBA', upright as its
+    EXIF says, or a clear error; its size is checked first (`MAX_PIXELS`, `MAX_ASPECT`), for a file from its header"""
     from PIL import Image
     if isinstance(o, (str, Path)): return _open(Path(o).expanduser())
     if hasattr(o, 'detach') and hasattr(o, 'cpu'): o = o.detach().cpu().numpy()  # a torch tensor
     if isinstance(o, np.ndarray): o = _array_image(o)
     if not isinstance(o, Image.Image):
-        raise TypeError(f"Cannot make an image of a {type(o).__name__}: give a file path, a PIL image, an array or a tensor")
+        raise TypeError(f"Cannot make an image of a {type(o).__name__}: give a file path, a PIL image, an array or a "
+                        "tensor")
     check_image_size(o.size)
     try: return _usable_mode(o)
     except Exception as e:  # a PIL image opened by the caller is decoded here: anything may go wrong
@@ -93,7 +91,8 @@ def _array_image(o:np.ndarray):
     if a.ndim == 3 and a.shape[0] in (1, 2, 3, 4) and a.shape[-1] not in (1, 2, 3, 4): a = a.transpose(1, 2, 0)
     if a.ndim == 3 and a.shape[-1] == 1: a = a[..., 0]
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (2, 3, 4)) or 0 in a.shape:
-        raise BinaryDigitsError(f"An image array must be HxW, HxWxC, CxHxW (C: 1 to 4) or 784 long, got shape {o.shape}")
+        raise BinaryDigitsError(f"An image array must be HxW, HxWxC, CxHxW (C: 1 to 4) or 784 long, got shape "
+                                f"{o.shape}")
     check_image_size(a.shape[1::-1], f"The image array of shape {o.shape}")
     if a.dtype == bool: a = a.astype(np.uint8)*255
     elif a.dtype != np.uint8:

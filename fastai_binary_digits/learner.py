@@ -31,8 +31,7 @@ __all__ = ['BinaryLearner', 'binary_learner', 'get_model', 'load_binary_learner'
 
 
 class BinaryLearner(FastLearner):
-    """A fastai `Learner` of two digits: `predict` prepares a person's picture and says when it is neither digit (with
-    a pair check, `fit_pair_check`), `export` also writes the safe format"""
+    "A fastai `Learner` of two digits: `predict` prepares a person's picture and checks it, `export` writes safe files"
 
     @property
     def pair_check(self) -> PairCheck|None:
@@ -50,9 +49,8 @@ class BinaryLearner(FastLearner):
         seed:int|None=None,           # seed the initial weights and the shuffling
         quiet:bool=False,             # train without fastai's progress bars and table
     ) -> BinaryLearner:
-        """Train the pair check with fastai: `check_net` on the pair's digits against MNIST's other eight from the same
-        source (`pair_check_dls`), then calibrated so that `target` of the pair's validation digits pass. Sets
-        `learn.pair_check` (the model itself is untouched) and returns the check's own learner, to look at"""
+        """Train `check_net` on the pair's digits against MNIST's other eight (`pair_check_dls`), calibrated so that
+        `target` of the pair pass; sets `learn.pair_check` (the model is untouched), returns the check's own learner"""
         learn = binary_learner(dls or pair_check_dls(self.dls), check_net, loss_func=log_loss, opt_func=Adam, seed=seed)
         with learn.no_bar() if quiet else nullcontext(), learn.no_logging() if quiet else nullcontext():
             learn.fit_one_cycle(epochs, lr)
@@ -60,10 +58,8 @@ class BinaryLearner(FastLearner):
         return learn
 
     def predict(self, item, rm_type_tfms=None, with_input:bool=False):
-        """fastai's `predict`: `(digit, label, probability of vocab[1])` for one image, made to look like MNIST's as
-        `dls.test_dl` does; raises `NoDigitError` when it holds no digit (blank, one colour, noise, a dot),
-        `ManyDigitsError` (a `NoDigitError`) when it holds several side by side, and `NotInPairError` when the pair
-        check finds another digit or a shape unlike the pair's"""
+        """fastai's `predict` on one image prepared as `dls.test_dl` does; raises `NoDigitError` (no digit),
+        `ManyDigitsError` (several side by side) or `NotInPairError` (the pair check finds another digit or shape)"""
         dl = self.dls.test_dl([item], rm_type_tfms=rm_type_tfms, num_workers=0)
         n = int(getattr(dl, 'digits', (1,))[0])
         if n == 0: raise NoDigitError("No digit found in the image: it looks blank, one colour, noise, or a mark too "
@@ -79,9 +75,8 @@ class BinaryLearner(FastLearner):
         return (dec[0],) + res if with_input else res
 
     def export(self, fname:str|Path='export.pkl', **kwargs):
-        """fastai's `export` (a pickle) to a name ending in '.pkl', written to a temporary file then renamed, so an
-        existing export is never left half-written; to one ending in '.safetensors', the safe format instead
-        (`export_binary_learner`); any other name is refused, as the command line refuses it"""
+        """fastai's `export` to a '.pkl' (written to a temporary file, then renamed: never half-written), or the safe
+        format to a '.safetensors' (`export_binary_learner`); any other name is refused, as the command line does"""
         if rank_distrib(): return  # as fastai: only the main process exports
         if check_model_suffix(fname, 'Export file') == SAFE_SUFFIX:
             if kwargs: raise TypeError(f"{', '.join(kwargs)} apply to fastai's pickle export, not to '.safetensors'")
@@ -89,8 +84,7 @@ class BinaryLearner(FastLearner):
         with atomic_path(Path(self.path).expanduser()/Path(fname).expanduser()) as tmp: super().export(tmp, **kwargs)
 
     def show_results(self, ds_idx:int=1, dl=None, max_n:int=9, shuffle:bool=True, **kwargs):
-        """fastai's `show_results`: a batch of `dl` (default: the validation set's) with the targets and predictions,
-        returning the figure as `show_batch` does"""
+        "fastai's `show_results`: a batch of `dl` (default: the validation set's), targets and predictions; the figure"
         if dl is None: dl = self.dls[ds_idx].new(shuffle=shuffle)
         b = dl.one_batch()
         _, _, preds = self.get_preds(dl=[b], with_decoded=True)
@@ -117,13 +111,14 @@ def get_model(arch) -> nn.Module:
     if isinstance(arch, nn.Module): return arch
     if isinstance(arch, str):
         name = arch.removesuffix('_net').removesuffix('_model')
-        if name not in ARCHS: raise BinaryDigitsError(f"Unknown `arch` {arch!r}: use one of {', '.join(map(repr, ARCHS))}, "
-                                                      "a function returning an nn.Module, or an nn.Module")
-        return ARCHS[name]()
+        if name in ARCHS: return ARCHS[name]()
+        raise BinaryDigitsError(f"Unknown `arch` {arch!r}: use one of {', '.join(map(repr, ARCHS))}, a function "
+                                "returning an nn.Module, or an nn.Module")
     if not callable(arch): raise TypeError(f"`arch` must be a name ({', '.join(ARCHS)}), a function returning an "
                                            f"nn.Module, or an nn.Module; got a {type(arch).__name__}")
     model = arch()
-    if not isinstance(model, nn.Module): raise TypeError(f"`arch` {arch!r} returned a {type(model).__name__}, not an nn.Module")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`arch` {arch!r} returned a {type(model).__name__}, not an nn.Module")
     return model
 
 
@@ -133,7 +128,8 @@ def _check_output(model:nn.Module, x:torch.Tensor):
     try:
         with torch.no_grad(): out = model.eval()(x)
     except Exception as e:
-        raise BinaryDigitsError(f"The model failed on a batch of shape {tuple(x.shape)} (flattened 28x28 digits): {e}") from e
+        raise BinaryDigitsError(f"The model failed on a batch of shape {tuple(x.shape)} (flattened 28x28 digits): "
+                                f"{e}") from e
     finally: model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), 1):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -143,7 +139,7 @@ def _check_output(model:nn.Module, x:torch.Tensor):
 
 @delegates(Learner.__init__, but=['dls', 'model', 'loss_func', 'opt_func', 'lr', 'metrics'])
 def binary_learner(dls,
-    arch='linear',                # 'linear', 'simple', 'deep', 'cnn', a function returning an nn.Module, or an nn.Module
+    arch='linear',                # 'linear', 'simple', 'deep', 'cnn', a function returning an nn.Module, an nn.Module
     loss_func=mnist_loss,         # the book's loss; `log_loss` or fastai's `BCEWithLogitsLossFlat()` work too
     opt_func=SGD,                 # fastai's SGD, as the book
     lr:float=0.1,                 # default learning rate for `fit` and `fit_one_cycle`
@@ -162,11 +158,9 @@ def binary_learner(dls,
     else: device = getattr(dls, 'device', None) or check_device(None)
     model.to(device)
     _check_output(model, dls.train.dataset.x[:2].to(device))
-    return BinaryLearner(dls, model, loss_func=loss_func, opt_func=opt_func, lr=lr, metrics=metrics, fast=fast, **kwargs)
+    return BinaryLearner(dls, model, loss_func=loss_func, opt_func=opt_func, lr=lr, metrics=metrics, fast=fast,
+                         **kwargs)
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loading
 
 def _empty_dls(pair:tuple, prepare:bool, path:Path, device) -> BinaryDigitsDataLoaders:
     "Loaders of `pair` holding no images, as fastai's `export` leaves them: `test_dl`, `vocab` and decoding work"
@@ -179,9 +173,8 @@ def _empty_dls(pair:tuple, prepare:bool, path:Path, device) -> BinaryDigitsDataL
 
 
 def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
-    """The inference-ready learner in the safe model file `fname` (written by `learn.export('model.safetensors')`):
-    nothing in the file is run; every fact and tensor is checked first. On the CPU, or fastai's default device.
-    Its `pair_check` is None when the file holds none (trained with `--no-check`, or before the check existed)"""
+    """The inference-ready learner in the safe model file `fname` (`learn.export('model.safetensors')`'s): nothing in
+    it is run, everything is checked first; its `pair_check` is None when the file holds none (`--no-check`)"""
     facts, model = read_model_file(fname)
     device = torch.device('cpu') if cpu else default_device()
     model.to(device).eval()
@@ -191,7 +184,6 @@ def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
 
 
 def load_model_file(fname:str|Path, cpu:bool=True) -> Learner:
-    """The learner in `fname`, chosen by its suffix: '.safetensors' is read safely (`load_binary_learner`), '.pkl'
-    with fastai's `load_learner` (it runs code: only files you trust); any other name is refused"""
+    "The learner in `fname`: '.safetensors' read safely, '.pkl' by fastai's `load_learner` (it runs code: trust it)"
     existing_model_file(fname)
     return load_binary_learner(fname, cpu=cpu) if check_model_suffix(fname) == SAFE_SUFFIX else load_pickle(fname, cpu)

@@ -18,10 +18,10 @@ def _flat_pair(preds:Tensor, targets:Tensor, what:str) -> tuple:
     preds, targets = _plain(preds), _plain(targets)
     if preds.ndim > 2 or (preds.ndim == 2 and preds.shape[1] != 1):
         raise BinaryDigitsError(f"`{what}` expects one output per image, predictions of shape (n, 1) or (n,), got "
-                         f"{tuple(preds.shape)}; give the model a final layer with one output")
+                                f"{tuple(preds.shape)}; give the model a final layer with one output")
     if targets.ndim > 2 or targets.numel() != (preds.shape[0] if preds.ndim else 1):
         raise BinaryDigitsError(f"`{what}` got predictions of shape {tuple(preds.shape)} and targets of shape "
-                         f"{tuple(targets.shape)}: they must hold one value per image each, as (n, 1) or (n,)")
+                                f"{tuple(targets.shape)}: they must hold one value per image each, as (n, 1) or (n,)")
     return preds.reshape(-1), targets.reshape(-1)
 
 
@@ -38,7 +38,7 @@ def _log_loss(preds:Tensor, targets:Tensor, eps:float=1e-7) -> Tensor:
 
 
 class BinaryLoss:
-    "A loss on raw outputs (n, 1) and 0/1 targets that also gives fastai its activation (sigmoid) and decoding (p > 0.5)"
+    "A loss on raw outputs (n, 1) and 0/1 targets that gives fastai its activation (sigmoid) and decoding (p > 0.5)"
     def __init__(self, func, reduction:str='mean'):
         self.func, self.reduction = func, reduction  # fastai sets `reduction` to 'none' for per-item losses
         self.__name__ = func.__name__.lstrip('_')

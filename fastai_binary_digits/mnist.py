@@ -19,7 +19,6 @@ _IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp'
 _CACHE_DIR = '.fastai_binary_digits'  # made beside the digit folders of an `mnist_png` tree
 _CACHE_FORMAT = 3                     # bump when the cache's content or its fingerprint changes
 
-# ---------------------------------------------------------------------------------------------------------------
 # IDX files, as on the MNIST home page and in torchvision's `MNIST/raw`
 
 def read_idx(path:str|Path) -> np.ndarray:
@@ -30,15 +29,15 @@ def read_idx(path:str|Path) -> np.ndarray:
         with opener(path, 'rb') as f: data = f.read()
     except (OSError, EOFError) as e: raise BinaryDigitsError(f"Could not read the IDX file {path}: {e}") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise BinaryDigitsError(f"{path} is not an IDX file (its first bytes are {data[:4]!r}, expected 0, 0, a type code and "
-                         "the number of dimensions)")
+        raise BinaryDigitsError(f"{path} is not an IDX file (its first bytes are {data[:4]!r}, expected 0, 0, a type "
+                                "code and the number of dimensions)")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4+4*i:8+4*i], 'big') for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = 4 + 4*ndim + int(np.prod(shape))*dtype.itemsize
     if len(data) != expected:
-        raise BinaryDigitsError(f"{path} is truncated or corrupt: its header declares shape {shape} ({expected:,} bytes) "
-                         f"but the file holds {len(data):,} bytes")
+        raise BinaryDigitsError(f"{path} is truncated or corrupt: its header declares shape {shape} ({expected:,} "
+                                f"bytes) but the file holds {len(data):,} bytes")
     return np.frombuffer(data, dtype, offset=4+4*ndim).reshape(shape).astype(dtype.newbyteorder('='))
 
 def idx_file(folder:Path, prefix:str, kind:str) -> Path|None:
@@ -55,18 +54,13 @@ def _load_idx_split(folder:Path, split:str, digits) -> dict:
     images, labels = read_idx(images_f), read_idx(labels_f)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise BinaryDigitsError(f"{images_f} holds images of shape {images.shape[1:]} and type {images.dtype}; "
-                         "MNIST images are 28x28 uint8")
+                                "MNIST images are 28x28 uint8")
     if labels.shape != images.shape[:1]:
         raise BinaryDigitsError(f"{labels_f} holds {len(labels):,} labels for the {len(images):,} images of {images_f}")
     indices_f = idx_file(folder, prefix, 'indices')  # the bundled sample keeps each image's index in the full file
     indices = read_idx(indices_f).astype(np.int64) if indices_f is not None else np.arange(len(images))
-    res = {}
-    for d in digits:
-        mask = labels == d
-        res[d] = torch.from_numpy(images[mask].copy()), torch.from_numpy(indices[mask])
-    return res
+    return {d: (torch.from_numpy(images[labels == d]), torch.from_numpy(indices[labels == d])) for d in digits}
 
-# ---------------------------------------------------------------------------------------------------------------
 # fastai's `mnist_png`: `training/<digit>/<index>.png`, `testing/<digit>/<index>.png`
 
 def _decode_image(fn:str) -> np.ndarray:
@@ -84,37 +78,31 @@ def _decode_image(fn:str) -> np.ndarray:
             raise BinaryDigitsError(f"Could not decode the image {fn} ({e}); the file is corrupt or not an image: "
                                     "replace or remove it") from e
 
-def _sort_key(name:str):
+def _index(name:str) -> int:
+    "The image's index in the original MNIST file, from its name (`<index>.png`), or -1"
     stem = name.rsplit('.', 1)[0]
-    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+    return int(stem) if stem.isdigit() else -1
 
 def _list_folder(folder:Path):
-    """The entries of `folder` and a fingerprint of the folder: each entry's name, size and modification time, so
-    that adding, removing, renaming or overwriting a file in place changes it. (The entries are hashed as listed,
-    unsorted: a folder that a file system lists in another order is decoded once more, never read from a stale cache.
-    `os.stat` relative to the folder's descriptor is about 1.5x `os.scandir`'s `stat` on 6,000 files.)"""
+    """The entries of `folder` and its fingerprint: each entry's name, size and modification time, as listed (a folder
+    listed in another order is decoded again, never read from a stale cache)"""
     entries = os.listdir(folder)
     fd = os.open(folder, os.O_RDONLY)
     try: stats = [os.stat(n, dir_fd=fd) for n in entries]
     finally: os.close(fd)
     h = hashlib.sha1('\0'.join(entries).encode())
-    h.update(array('q', [v for st in stats for v in (st.st_size, st.st_mtime_ns)]).tobytes())  # 5x f-strings' speed
+    h.update(array('q', [v for st in stats for v in (st.st_size, st.st_mtime_ns)]).tobytes())
     return entries, h.hexdigest()
 
 def _image_names(entries) -> list:
     "The image files among a folder's `entries`, in index order (as in the original file)"
-    return sorted((n for n in entries if n.lower().endswith(_IMAGE_EXTS)), key=_sort_key)
+    return sorted((n for n in entries if n.lower().endswith(_IMAGE_EXTS)), key=lambda n: (_index(n) < 0, _index(n), n))
 
 def _decode_folder(folder:Path, names) -> torch.Tensor:
     "Decode the images `names` of `folder` into one uint8 tensor (n, 28, 28)"
     out = np.empty((len(names), 28, 28), np.uint8)
     for i, n in enumerate(names): out[i] = _decode_image(os.path.join(folder, n))
     return torch.from_numpy(out)
-
-def _indices(names) -> torch.Tensor:
-    "Each image's index in the original MNIST file, from its name (`<index>.png`), or -1"
-    stems = (n.rsplit('.', 1)[0] for n in names)
-    return torch.tensor([int(s) if s.isdigit() else -1 for s in stems], dtype=torch.int64)
 
 def _sha256(images:torch.Tensor, indices:torch.Tensor) -> str:
     "The checksum of a cache's tensors (`torch.load` does not check its zip's CRCs: a flipped byte would be served)"
@@ -147,7 +135,7 @@ def _load_png_digit(folder:Path, cache:bool=True):
         if (hit := _read_cache(cache_fn, fingerprint)) is not None: return hit
     names = _image_names(entries)
     if not names: raise FileNotFoundError(f"{folder} holds no images; expected one PNG per MNIST image")
-    images, indices = _decode_folder(folder, names), _indices(names)
+    images, indices = _decode_folder(folder, names), torch.tensor([_index(n) for n in names], dtype=torch.int64)
     if cache:
         try:
             cache_fn.parent.mkdir(parents=True, exist_ok=True)
@@ -155,19 +143,17 @@ def _load_png_digit(folder:Path, cache:bool=True):
                 torch.save(dict(format=_CACHE_FORMAT, fingerprint=fingerprint, images=images, indices=indices,
                                 sha256=_sha256(images, indices)), tmp)
         except Exception as e:
-            warnings.warn(f"Could not write the image cache {cache_fn} ({e}); the images will be decoded again next time")
+            warnings.warn(f"Could not write the image cache {cache_fn} ({e}); the images will be decoded again "
+                          "next time")
     return images, indices
 
 def _load_png_split(root:Path, split:str, digits, cache:bool=True) -> dict:
-    res = {}
     for d in digits:
-        folder = root/split/str(d)
-        if not folder.is_dir(): raise FileNotFoundError(f"{root} has no folder {split}/{d}: expected fastai's mnist_png "
-                                                        f"layout, {split}/<digit>/<index>.png")
-        res[d] = _load_png_digit(folder, cache)
-    return res
+        if not (root/split/str(d)).is_dir():
+            raise FileNotFoundError(f"{root} has no folder {split}/{d}: expected fastai's mnist_png layout, "
+                                    f"{split}/<digit>/<index>.png")
+    return {d: _load_png_digit(root/split/str(d), cache) for d in digits}
 
-# ---------------------------------------------------------------------------------------------------------------
 # Finding the data
 
 def _layout(path:Path):
@@ -216,7 +202,7 @@ def load_source(source:tuple, digits, split:str='training', cache:bool=True) -> 
 
 def write_mnist_png(dest:str|Path, path:str|Path|None=None, sample:bool=False, digits=range(10),
                     splits=tuple(SPLITS)) -> Path:
-    "Write `digits` of a source (IDX files, `sample=True`, ...) as fastai's `mnist_png`: `dest/<split>/<digit>/<index>.png`"
+    "Write `digits` of a source (IDX files, `sample=True`...) as fastai's `mnist_png`: `dest/<split>/<digit>/<i>.png`"
     from PIL import Image
     dest, source = Path(dest).expanduser(), find_source(path, sample)
     for split in splits:

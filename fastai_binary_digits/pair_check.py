@@ -1,8 +1,5 @@
-"""The pair check: a model of two digits answers one of them for anything it is shown; the check says when an image is
-not one of its two digits. Two parts, each calibrated on the pair's validation digits:
-- a small CNN trained with fastai to tell the pair's digits from MNIST's other eight (outlier exposure): another digit;
-- the similarity to the nearest of a few hundred centroids of the pair's training digits, in the image's lowest
-  spatial frequencies (training-free): shapes that are like no digit of the pair (letters, scribbles, crosses)."""
+"""The pair check: whether an image is one of the model's two digits, by a small CNN trained against MNIST's other
+eight (another digit) and the similarity to centroids of the pair's shapes (letters, scribbles), both calibrated"""
 from __future__ import annotations
 import copy, json, math
 from functools import cache
@@ -72,8 +69,8 @@ def _pass_threshold(probs:Tensor, ok:Tensor, target:float) -> float:
 
 
 class PairCheck:
-    """Whether images (rows as the loaders serve them) look like one of the pair's digits: the CNN's probability that
-    each is another digit at most `threshold`, and its shape at least `min_similarity` from a centroid of the pair's"""
+    """Whether rows (as the loaders serve them) look like one of the pair's digits: the CNN's probability of another
+    digit at most `threshold`, and the shape's similarity to a centroid of the pair's at least `min_similarity`"""
     def __init__(self, model:nn.Module, threshold:float, centroids:Tensor, min_similarity:float, stats:dict|None=None):
         self.model, self.threshold, self.min_similarity = model.eval(), threshold, min_similarity
         self.centroids = centroids  # float16 (k, 36): unit vectors of `shape_features`
@@ -95,8 +92,7 @@ class PairCheck:
 
     @classmethod
     def from_learner(cls, learn, target:float=0.99, seed:int=0) -> PairCheck:
-        """The check of a trained `learn` (`fit_pair_check`'s), calibrated on its validation images so that `target`
-        of the pair's digits (label 0) pass; the centroids from its training images of the pair"""
+        "The check of `fit_pair_check`'s `learn`, calibrated so that `target` of the pair's validation digits pass"
         (xt, yt), (xv, yv) = [(dl.dataset.x, dl.dataset.y.view(-1)) for dl in (learn.dls.train, learn.dls.valid)]
         z = shape_features(xt[yt == 0]).cpu()
         centroids = _centroids(z, min(N_CENTROIDS, len(z)//2), seed).half()
@@ -132,7 +128,8 @@ class PairCheck:
     def from_state(cls, tensors:dict, meta:str) -> PairCheck:
         "The check that `state` wrote, each part checked; a `ValueError` saying what is wrong otherwise"
         try: facts = json.loads(meta, object_pairs_hook=_once, parse_constant=_no_constant)
-        except ValueError as e: raise ValueError(f"its `pair_check` metadata is not JSON ({e}): {meta[:80]!r}") from None
+        except ValueError as e:
+            raise ValueError(f"its `pair_check` metadata is not JSON ({e}): {meta[:80]!r}") from None
         nums = {k: facts.get(k) if isinstance(facts, dict) else None for k in ('threshold', 'min_similarity')}
         for k, v in nums.items():
             if not (type(v) in (int, float) and -1 <= v <= 1): raise ValueError(
@@ -203,8 +200,8 @@ def _other_digits(dls, max_per_digit:int) -> tuple:
 
 
 def pair_check_dls(dls:BinaryDigitsDataLoaders, max_per_digit:int=6000, bs:int=256) -> BinaryDigitsDataLoaders:
-    """Loaders for the pair check: the pair's digits of `dls` (label 0, its own training and validation split) against
-    MNIST's other eight digits from the same source (label 1, at most `max_per_digit` of each, split alike)"""
+    """Loaders for the pair check: the pair's digits of `dls` (label 0, split as `dls`) against MNIST's other eight from
+    the same source (label 1, at most `max_per_digit` of each, split alike)"""
     train, valid = _other_digits(dls, max_per_digit)
     vocab = CategoryMap([f'{dls.vocab[0]} or {dls.vocab[1]}', 'other'], sort=False)
     def ds(pair_x:Tensor, other:Tensor) -> DigitsDataset:

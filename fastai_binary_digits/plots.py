@@ -27,25 +27,24 @@ def plot_digit_losses(samples, outs, raws, losses, ncols=None, figsize=None, **k
     # `raws` hold the probability of pair[1]; `mnist_loss`'s loss would only repeat the other digit's probability
     titles = [f'{s[1]}/{o[0]}/{max(r.item(), 1-r.item()):.2f}' for s, o, r in zip(samples, outs, raws)]
     x = torch.stack([s[0].as_subclass(Tensor) for s in samples])
-    return show_digits(x, titles, suptitle='Actual/Prediction/Probability of the prediction', ncols=ncols, figsize=figsize)
-
-
-def _first_layer(model:nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)): return m
-    raise BinaryDigitsError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer whose weights could be shown")
+    return show_digits(x, titles, suptitle='Actual/Prediction/Probability of the prediction', ncols=ncols,
+                       figsize=figsize)
 
 
 def plot_weights(learn, max_n:int=16, ncols:int|None=None, figsize=None):
     "Show the first layer's weights as 28x28 pictures, red above zero and blue below (for a cnn, its first kernels)"
-    layer = _first_layer(learn.model)
+    layer = next((m for m in learn.model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
+    if layer is None: raise BinaryDigitsError(f"{type(learn.model).__name__} has no nn.Linear or nn.Conv2d layer whose "
+                                              "weights could be shown")
     w = layer.weight.detach().float().cpu()
     if isinstance(layer, nn.Linear):
-        if w.shape[1] != 28*28: raise BinaryDigitsError(f"The first linear layer takes {w.shape[1]} inputs, not 784 pixels")
+        if w.shape[1] != 28*28:
+            raise BinaryDigitsError(f"The first linear layer takes {w.shape[1]} inputs, not 784 pixels")
         w = w.view(-1, 28, 28)[:max_n]
     else: w = w[:max_n, 0]  # the kernels that see the greyscale input
     one = len(w) == 1
-    fig, axs = get_grid(len(w), ncols=ncols, figsize=figsize or ((5, 4.2) if one else None), imsize=1.7, return_fig=True)
+    figsize = figsize or ((5, 4.2) if one else None)
+    fig, axs = get_grid(len(w), ncols=ncols, figsize=figsize, imsize=1.7, return_fig=True)
     for i, ax in enumerate(axs):
         lim = float(w[i].abs().max()) or 1.0
         im = ax.imshow(w[i].numpy(), cmap='bwr', vmin=-lim, vmax=lim)
@@ -67,8 +66,8 @@ def show_prepared(images, titles=None, ncols:int|None=None, figsize=None):
     if isinstance(images, (str, Path)) or hasattr(images, 'mode') or hasattr(images, 'shape'): images = [images]
     images = list(images)
     ncols = ncols or min(len(images), 3)
-    fig, axs = get_grid(len(images), ncols=ncols, double=True, figsize=figsize or (4.4*ncols, 2.4*-(-len(images)//ncols)),
-                        return_fig=True)
+    figsize = figsize or (4.4*ncols, 2.4*-(-len(images)//ncols))
+    fig, axs = get_grid(len(images), ncols=ncols, double=True, figsize=figsize, return_fig=True)
     for i, o in enumerate(images):
         shown, seen = axs[2*i], axs[2*i+1]
         im = as_pil_image(o)

@@ -1,6 +1,5 @@
-"""`prepare_digit`: any picture of a digit made to look like MNIST's, by MNIST's own procedure: find the ink, crop it,
-fit it in a 20x20 box keeping its aspect ratio (anti-aliased), and place it in 28x28 with its centre of mass at the
-centre. Pictures holding no digit (blank, one colour, pure noise, a dot or a dash) give `None`."""
+"""`prepare_digit`: any picture of a digit made MNIST-like by MNIST's own procedure (find the ink, crop it, fit it in
+20x20, centre its mass in 28x28); pictures holding no digit (blank, one colour, noise, a dot or a dash) give `None`."""
 from __future__ import annotations
 import numpy as np
 from scipy import ndimage
@@ -23,8 +22,7 @@ _MAX_INK = 0.7     # nor ink covering more than this share of the picture
 _MIN_LENGTH = 2.5  # nor ink no longer than this many of its own stroke widths (a dot, a dash) ...
 _SMALL = 0.25      # ... that is also smaller than this share of the picture's shorter side (a bold digit is not small)
 _GAP = 0.1         # digits side by side: parted by empty columns this share of their height wide
-# MNIST's stroke widths in its 28x28 images, pixels: 10th percentile, median, 95th percentile. Thinner strokes (a pen
-# on a large page) are thickened to the median, thicker ones (a marker) thinned to it
+# MNIST's stroke widths in pixels (10th percentile, median, 95th): others are thickened or thinned to the median
 MNIST_STROKE = (1.5, 2.1, 3.5)
 
 
@@ -37,8 +35,7 @@ class ManyDigitsError(NoDigitError):
 
 
 def is_prepared(a:np.ndarray) -> bool:
-    """Whether `a` already looks like one of MNIST's own images: 28x28, zero background, the digit's box 20 pixels at
-    its longer side and its centre of mass within a pixel of the centre (preparing it again would only blur it)"""
+    "Whether `a` is already MNIST-like: 28x28, zero background, a 20-pixel box, centred (preparing it would blur it)"
     if a.shape != (28, 28) or (a == 0).mean() < 0.5 or not a.any(): return False
     rows, cols = np.flatnonzero(a.any(1)), np.flatnonzero(a.any(0))
     if max(rows[-1]-rows[0], cols[-1]-cols[0]) + 1 != 20: return False
@@ -47,8 +44,7 @@ def is_prepared(a:np.ndarray) -> bool:
 
 
 def _paper_blocks(a:np.ndarray, k:int, paper:np.ndarray) -> np.ndarray:
-    """The paper's colour in each `k`x`k` block of `a` (H, W, C): the mean of the block's third of pixels closest in
-    colour to `paper` (C,), so that ink covering up to two thirds of a block is left out"""
+    "The paper's colour in each `k`x`k` block of `a` (H, W, C): the mean of its third closest to `paper` (ink left out)"
     h, w, c = a.shape
     gh, gw = h//k, w//k
     b = a[:gh*k, :gw*k].reshape(gh, k, gw, k, c).transpose(0, 2, 1, 3, 4).reshape(gh, gw, k*k, c)
@@ -58,18 +54,19 @@ def _paper_blocks(a:np.ndarray, k:int, paper:np.ndarray) -> np.ndarray:
     return np.take_along_axis(b, closest[..., None], axis=2).mean(2)
 
 
+def _edges(a:np.ndarray) -> np.ndarray: return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+
+
 def _edge_paper(a:np.ndarray) -> np.ndarray:
-    """The paper's colour at the picture's edges: the median of their lighter half, where a shadow over a side or a
-    corner does not reach (light ink on dark paper seldom shows such shadows, nor covers a quarter of the edges)"""
-    edges = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    "The paper's colour at the picture's edges: the median of their lighter half, beyond a side's shadow"
+    edges = _edges(a)
     light = edges.sum(-1)
     return np.median(edges[light >= np.median(light)], axis=0)
 
 
 def _background(a:np.ndarray) -> tuple:
-    """The paper's colour at each pixel of `a` (H, W, C), from its colour in each block of paper: a quadratic surface
-    fitted to them, plus what it misses there (shadows, uneven light), carried over to the blocks of ink from the
-    nearest blocks of paper; the blocks' colours are then interpolated to the pixels. And the paper's `_shade`"""
+    """The paper's colour at each pixel of `a` (H, W, C), and its `_shade`: a quadratic surface fitted to the blocks of
+    paper, plus what it misses (shadows) carried to the blocks of ink from the nearest paper, interpolated to pixels"""
     h, w = a.shape[:2]
     k = max(2, min(h, w)//_BLOCKS)
     paper = _edge_paper(a)
@@ -101,10 +98,8 @@ def _upsample(blocks:np.ndarray, h:int, w:int, k:int) -> np.ndarray:
 
 
 def _paper_mask(z:np.ndarray, paper:np.ndarray) -> np.ndarray:
-    """Which blocks of `z` (the paper's colour in each block, (GH, GW, C)) are paper: ink stands out from `paper` more
-    than the paper around it does, as peaks narrower than `_SE` blocks (found by a grey opening, beyond the blocks'
-    noise), and the blocks beside them may hold some; shadows and shading, which deepen smoothly towards a side or a
-    corner, pass the opening unchanged"""
+    """Which blocks of `z` (GH, GW, C) are paper: ink stands out from `paper` as peaks narrower than `_SE` blocks
+    (a grey opening), with the blocks beside them; shadows, deepening smoothly towards a side, pass the opening"""
     dist = np.sqrt(((z - paper)**2).mean(-1))
     # the paper goes on beyond the edges as at the edges, so that a shadow along an edge is wider than `_SE` there too
     out = dist - ndimage.grey_opening(np.pad(dist, _SE, mode='edge'), _SE)[_SE:-_SE, _SE:-_SE]
@@ -113,9 +108,8 @@ def _paper_mask(z:np.ndarray, paper:np.ndarray) -> np.ndarray:
 
 
 def _distance(a:np.ndarray) -> np.ndarray|None:
-    """How far each pixel of `a` (H, W, C) is from the paper's colour there, in grey levels of the lit paper: a
-    shadow dims paper and ink alike, so their difference is scaled back up by how much darker the paper is there.
-    None when the paper's light varies more than any shadow's (`_MAX_SHADE`): smooth blobs of noise, not a page"""
+    """How far each pixel of `a` is from the paper there, in grey levels of lit paper (a shadow dims ink alike, so it
+    is scaled back up); None when the light varies more than any shadow's (`_MAX_SHADE`): blobs of noise, no page"""
     bg, shade = _background(a)
     if shade > _MAX_SHADE: return None
     light = bg.mean(-1)
@@ -128,35 +122,28 @@ def _otsu(d:np.ndarray, top:float) -> float:
     hist = np.bincount(np.minimum((d*(128/top)).astype(np.int32).ravel(), 127), minlength=128)
     edges = np.arange(1, 129)*(top/128)
     p = hist/hist.sum()
-    w0 = np.cumsum(p)
-    m = np.cumsum(p*edges)
+    w0, m = np.cumsum(p), np.cumsum(p*edges)
     var = (m[-1]*w0 - m)**2/np.maximum(w0*(1-w0), 1e-12)
     return float(edges[np.argmax(var[:-1])])
 
 
 def ink_map(image) -> np.ndarray|None:
-    """How much ink each pixel of `image` holds, 0..1 (float32, reduced to about `_WORK` pixels a side), or None when
-    there is no digit. Ink is what differs from the paper: the paper's colour is estimated from the picture itself (so dark on
-    light and light on dark, coloured ink and paper, shading and shadows all work); a transparent background means ink
-    = alpha."""
+    """How much ink each pixel of `image` holds, 0..1 (float32, about `_WORK` pixels a side), or None: no digit. Ink
+    is what differs from the paper, estimated from the picture (any polarity, colour, shadow); on a canvas, alpha"""
     from PIL import ImageFilter
     im = as_pil_image(image)
     if min(im.size) < 4: return None  # too small to hold a digit
     f = min(round(max(im.size)/_WORK), min(im.size)//4)
     if f > 1: im = im.reduce(f)  # box average: fast, anti-aliased
     if im.mode in ('LA', 'RGBA'):
-        alpha = np.asarray(im.getchannel('A'))
-        border = np.concatenate([alpha[0], alpha[-1], alpha[:, 0], alpha[:, -1]])
-        if np.median(border) < 128:  # a canvas: ink is where the alpha is
-            im = im.getchannel('A')
-        else: im = im.convert(im.mode[:-1])  # an opaque picture: its alpha says nothing about the ink
+        canvas = np.median(_edges(np.asarray(im.getchannel('A')))) < 128  # else opaque: its alpha says nothing of ink
+        im = im.getchannel('A') if canvas else im.convert(im.mode[:-1])
     a = np.asarray(im.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)  # less noise and JPEG artefacts
     if a.ndim == 2: a = a[..., None]
     elif (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]  # grey stored as RGB
     d = _distance(a)
     if d is None or d.max() < _MIN_CONTRAST: return None  # blobs; blank, one colour
-    top = float(d.max())
-    t = _otsu(d, top)
+    t = _otsu(d, float(d.max()))
     ink = d > t
     if not ink.any() or ink.mean() > _MAX_INK: return None
     noise = max(float(np.median(d[~ink]))/0.67, 1.0)  # the paper's own spread (noise, grain)
@@ -217,8 +204,7 @@ def _fit_20(ink:np.ndarray) -> np.ndarray:
     h, w = crop.shape
     s = 20/max(h, w)
     size = (max(1, round(w*s)), max(1, round(h*s)))
-    out = np.asarray(Image.fromarray(crop).resize(size, Image.LANCZOS), dtype=np.float32)
-    return np.clip(out, 0, 1)
+    return np.clip(np.asarray(Image.fromarray(crop).resize(size, Image.LANCZOS), dtype=np.float32), 0, 1)
 
 
 def _centre(digit:np.ndarray) -> np.ndarray:
@@ -232,9 +218,8 @@ def _centre(digit:np.ndarray) -> np.ndarray:
 
 
 def count_digits(ink:np.ndarray) -> int:
-    """How many digits the ink map `ink` (`ink_map`'s) holds side by side, as '3 7' written on a line: groups of ink
-    parted by empty columns (`_GAP` of the ink's height wide), each at least half as tall as all the ink and a fifth
-    of the largest group's ink (digits written touching count as one)"""
+    """How many digits `ink_map`'s `ink` holds side by side ('3 7'): groups parted by empty columns (`_GAP` of its
+    height), each half as tall as all the ink and a fifth of the largest group's ink (touching digits count as one)"""
     m = ink >= 0.5
     rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
     if not len(rows): return 0
@@ -257,17 +242,9 @@ def _prepare(image) -> tuple:
 
 
 def prepare_digit(image) -> np.ndarray|None:
-    """`image` (a file path, PIL image, numpy array or torch tensor; any size, colour and polarity; a transparent
-    canvas) as MNIST's own images are: a 28x28 uint8 array, a light digit on black, fitted in a 20x20 box, its centre
-    of mass at the centre. None when it holds no digit: blank, one colour, pure noise, or a mark too small to be a digit
-    (a dot, a dash). A picture of several digits side by side gives them all in one box (`digit_images` and
-    `learn.predict` say there were several)."""
+    """`image` (a file, PIL image, array or tensor; any size, colour, polarity) as MNIST's images are: 28x28 uint8,
+    light on black, in a 20x20 box, centred by mass; None when it holds no digit (blank, one colour, noise, a dot)"""
     return _prepare(image)[0]
-
-
-def _is_row(o) -> bool:
-    "Whether `o` is a row as the loaders serve it (784 floats), as fastai's interpretation tools pass them back"
-    return hasattr(o, 'shape') and hasattr(o, 'ndim') and o.ndim == 1 and o.shape[0] == 784
 
 
 def _resized(o) -> np.ndarray:
@@ -278,15 +255,14 @@ def _resized(o) -> np.ndarray:
 
 
 def digit_image(o, prepare:bool=True) -> tuple:
-    """`o` as the 28x28 uint8 image the model sees (`prepare_digit`'s, or resized whole unless `prepare`), None when no
-    digit is found; and how many digits it holds: 0, 1, or more written side by side (`count_digits`)"""
-    return (_resized(o), 1) if not prepare or _is_row(o) else _prepare(o)
+    "`o` as the 28x28 uint8 the model sees (or None: no digit), and how many digits it holds side by side (0, 1, more)"
+    row = hasattr(o, 'shape') and hasattr(o, 'ndim') and o.ndim == 1 and o.shape[0] == 784  # as the loaders serve it
+    return (_resized(o), 1) if not prepare or row else _prepare(o)
 
 
 def digit_images(items, prepare:bool=True, counts:bool=False) -> tuple:
-    """Each of `items` as the 28x28 uint8 image the model sees (`digit_image`), and whether a digit was found in it (the
-    image is blank where not); with `counts`, how many digits it holds instead: 0, 1, or more written side by side.
-    One item is read and prepared at a time: memory does not grow with their number"""
+    """Each of `items` as `digit_image` makes it (blank where no digit), and whether a digit was found (with `counts`,
+    how many); one item at a time, so memory does not grow with their number"""
     images, digits = np.zeros((len(items), 28, 28), np.uint8), np.ones(len(items), np.int64)
     for i, o in enumerate(items):
         a, digits[i] = digit_image(o, prepare)

@@ -10,7 +10,7 @@ from fastai.learner import Learner
 from fastai.torch_core import num_distrib
 
 from .checks import BinaryDigitsError
-from .fastai_internals import cpu_broadcast
+from .fastai_internals import broadcasts_on_cpu
 
 __all__ = ['distrib_ctx', 'distrib_ctx_if_launched', 'alone', 'require_accelerate']
 
@@ -41,7 +41,7 @@ def distrib_ctx(learn:Learner, *args, **kwargs):
     import fastai.distributed  # adds `Learner.distrib_ctx`
     before = _group()
     try:
-        with cpu_broadcast(), Learner.distrib_ctx(learn, *args, **kwargs) as res: yield res
+        with broadcasts_on_cpu(), Learner.distrib_ctx(learn, *args, **kwargs) as res: yield res
     finally:
         started = _group()
         if before is None and started is not None: atexit.register(_destroy, started)

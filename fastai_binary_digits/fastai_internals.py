@@ -24,7 +24,7 @@ from .checks import BinaryDigitsError
 from .plots import plot_digit_losses, show_digits
 
 __all__ = ['fast_paths_checked', 'call_event', 'FastLearner', 'TensorDigits', 'DigitsDataset', 'BinaryDigitsDL',
-           'cpu_broadcast']
+           'broadcasts_on_cpu']
 
 # The guard: the code the fast paths mirror, by its fingerprint on each fastai (and torch) release they were checked on
 
@@ -186,7 +186,7 @@ class FastLearner(Learner):
 
 
 @contextmanager
-def cpu_broadcast():
+def broadcasts_on_cpu():
     "Within it, fastai's `DistributedDL._broadcast` (indices through CUDA, for NCCL) keeps them on CPU for gloo, MPI"
     from fastai.distributed import DistributedDL
     fastai_broadcast = DistributedDL._broadcast

@@ -1,5 +1,5 @@
 """Hostile pictures against the bounds of `as_pil_image`, each measured in a fresh process (peak resident memory from
-the process's own `getrusage`), against the targets of issue 21:
+the process's own `getrusage`), against its targets:
 
 (a) the 160-megapixel strip (a 4 x 40,000,000 PNG of about 156 KB) and a 13,000 x 13,000 16-bit PNG, each refused in
     under 0.5 s and under 300 MB: through `as_pil_image` (the door the page uses) in a process holding only the image

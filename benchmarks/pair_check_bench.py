@@ -1,4 +1,4 @@
-"""What the pair check costs, in one run, against the targets of its issue:
+"""What the pair check costs, in one run, against its targets:
 
 (a) time per image on one core (the process pinned to one CPU, PyTorch on one thread): `check.in_pair(x)` on a batch
     of 1,000 testing images, and on one image at a time (the page's case), against the model's own forward pass;

@@ -338,7 +338,7 @@ def test_full_mnist_png_through_untar_data(full_png_home, idx_dir, fastai_home, 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Issue 13: what a new user hit in the data layer
+# What a new user hit in the data layer
 
 def test_home_folder_is_expanded_in_every_path_argument(sample_png, tmp_path, monkeypatch):
     "`~` as the README writes it: `write_mnist_png('~/...')` stages under $HOME (not a folder named `~`), and finds it"

@@ -162,7 +162,7 @@ def test_loaded_weights_are_the_models_own(arch, learners, files, dls, tmp_path)
 
 def test_loss_and_prepare_travel_with_the_file(tmp_path):
     dls = BinaryDigitsDataLoaders.from_mnist(pair=(9, 1), sample=True, seed=0, device='cpu')
-    dls.prepare = False  # issue 10's setting: images are taken as they are
+    dls.prepare = False  # images taken as they are
     learn = binary_learner(dls, 'simple', loss_func=log_loss, seed=0)
     export_binary_learner(learn, tmp_path/'m.safetensors')  # the same as `learn.export` for any fastai `Learner`
     back = load_model_file(tmp_path/'m.safetensors')

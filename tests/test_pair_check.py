@@ -1,6 +1,6 @@
 """The pair check for real: a model of two digits says 'neither' for MNIST's other digits, people's drawings of them and
 shapes that are no digit; everywhere an answer leaves the package; in both model files. On the full set (MNIST_IDX_DIR),
-the issue's figures: `pytest tests/test_pair_check.py -k full -s` prints the per-digit and per-shape tables."""
+the figures: `pytest tests/test_pair_check.py -k full -s` prints the per-digit and per-shape tables."""
 import copy, json, math, re, warnings
 
 import numpy as np
@@ -21,7 +21,7 @@ from fastai_binary_digits.prepare import digit_images
 from renderings import RENDERINGS, render
 from shapes import SHAPES, shapes
 
-FULL_PAIRS = [(4, 8), (3, 7), (1, 7)]  # the issue's pairs: 9 is the hardest other digit for 4 vs 8
+FULL_PAIRS = [(4, 8), (3, 7), (1, 7)]  # 9 is the hardest other digit for 4 vs 8
 PICKLE_WARNING = r"insecure pickle"
 
 
@@ -201,7 +201,7 @@ def test_the_safe_file_holds_the_check(sample37, exported):
     assert {k[len('pair_check.model.'):] for k in keys if k.startswith('pair_check.model.')} == set(
         learn.pair_check.model.state_dict())
     added = (exported/'checked.safetensors').stat().st_size - (exported/'plain.safetensors').stat().st_size
-    assert 0 < added <= 100_000, added  # the issue's budget for the check
+    assert 0 < added <= 100_000, added  # the budget for the check: 100 kB
     back = load_binary_learner(exported/'checked.safetensors')
     assert repr(back.pair_check) == repr(learn.pair_check)
     _same_answers(learn, back, [testing[d][i].numpy() for d in range(10) for i in range(5)])
@@ -357,7 +357,7 @@ def test_the_page_reads_the_check(sample37, exported):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The full set: the issue's figures, pairs trained from the IDX files, measured on every testing image
+# The full set: pairs trained from the IDX files, measured on every testing image
 
 @pytest.fixture(scope='module')
 def full(idx_dir):
@@ -375,7 +375,7 @@ def full(idx_dir):
 
 
 @pytest.mark.parametrize('pair', FULL_PAIRS)
-def test_full_the_issues_figures(full, pair):
+def test_full_the_check_meets_its_figures(full, pair):
     "AUROC >= 0.995, the pair's testing digits pass (>= 98.5%), the others flagged (>= 97%, each digit >= 93%)"
     res, testing = full
     learn, before, after = res[pair]

@@ -26,10 +26,9 @@ WHOLE = 'a whole number of at least 1'
 def _positive(kind, what:str):
     "An argparse `type` that accepts a `kind` (int or float) above zero, with a message naming `what` was expected"
     def conv(s:str):
-        try: v = kind(s)
-        except ValueError: v = None
-        if v is None or not v > 0: raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}")
-        return v
+        with suppress(ValueError):
+            if (v := kind(s)) > 0: return v
+        raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}")
     return conv
 
 
@@ -78,19 +77,17 @@ def _add_train(sub):
                    help="the model: the book's linear model, its 784-30-1 net, a deeper net, or a small CNN")
     p.add_argument('--epochs', type=_positive(int, WHOLE), default=20, help='epochs to train')
     p.add_argument('--lr', type=_positive(float, 'a number above 0'), default=0.1, help='learning rate (SGD)')
-    p.add_argument('--seed', type=int, help='seed the validation split, the initial weights and the shuffling: '
-                                            'same seed, same table')
+    p.add_argument('--seed', type=int, help='seed the split, the initial weights, the shuffling: same seed, same table')
     p.add_argument('--one-cycle', action='store_true', help="train with fastai's `fit_one_cycle` rather than `fit`")
     p.add_argument('--valid', choices=['split', 'testing'], default='split',
                    help="validate on 20%% of the training images ('split') or on the official test set ('testing')")
     _add_source(p, 'train on')
     p.add_argument('--out', metavar='FILE', default='model.safetensors',
                    help="where to write the learner: a '.safetensors' file (safe to share) or fastai's '.pkl' pickle")
-    p.add_argument('--report', metavar='DIR', help=f"write PNG pictures into DIR: {', '.join(REPORT_FILES.values())} "
-                                                   "(on the validation images)")
-    p.add_argument('--no-check', action='store_true',
-                   help="skip the pair check, trained by default after the model on the pair's digits against MNIST's "
-                        "other eight, so that `predict` says 'neither A nor B' for an image of another digit")
+    p.add_argument('--report', metavar='DIR',
+                   help=f"write {', '.join(REPORT_FILES.values())} into DIR, on the validation images")
+    p.add_argument('--no-check', action='store_true', help="skip the pair check (the pair's digits against MNIST's "
+                   "other eight, trained after the model), by which `predict` says 'neither A nor B' for another digit")
 
 
 def _add_predict(sub):
@@ -116,8 +113,7 @@ def _add_evaluate(sub):
                  _evaluate)
     _add_source(p, 'evaluate on')
     p.add_argument('--json', action='store_true', help='print the results as one JSON object')
-    p.add_argument('--report', metavar='DIR',
-                   help="write PNG pictures into DIR: " + ', '.join(v for k, v in REPORT_FILES.items() if k != 'loss'))
+    p.add_argument('--report', metavar='DIR', help=f"write {', '.join(list(REPORT_FILES.values())[1:])} into DIR")
 
 
 def _add_demo(sub):
@@ -227,8 +223,7 @@ def _existing(path:Path) -> Path: return next(p for p in (path, *path.parents) i
 def _disk(path:Path) -> str:
     "The disk that holds, or will hold, `path`, named by the folder it is mounted at"
     path = _existing(path).resolve()
-    dev = path.stat().st_dev
-    while path.parent != path and path.parent.stat().st_dev == dev: path = path.parent
+    while not os.path.ismount(path): path = path.parent
     return f"the disk mounted at {path}"
 
 

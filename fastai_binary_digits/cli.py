@@ -179,37 +179,20 @@ def _model_file(value:str) -> str:
     return value
 
 
-def _writable(folder:Path, flag:str, value:str):
-    "Check that a file can be created in `folder` by trying (the only test that holds for root, read-only mounts, ACLs)"
-    try: tempfile.TemporaryFile(dir=folder).close()
-    except OSError as e:
-        raise PermissionError(f"{flag} {value}: cannot create files in {folder} ({e.strerror}); choose a folder you "
-                              "can write to") from None
-
-
-def _creatable(path:Path, flag:str, value:str):
-    "Check that `path` (absent) can be made: its nearest existing ancestor is a folder where a file can be created"
-    anc = _existing(path)  # `path` is absolute: its root exists
-    if not anc.is_dir(): raise NotADirectoryError(f"{flag} {value}: {anc} is a file, not a folder; choose another path")
-    _writable(anc, flag, value)
-
-
-def _out_file(value:str, flag:str) -> Path:
-    "The file `value` names for `flag` (`~` expanded), checked to be writable before any work is done"
-    path = Path(value).expanduser().absolute()
-    if path.is_dir(): raise IsADirectoryError(f"{flag} {value} is a folder; give a file name such as model.safetensors")
-    if path.exists(): _writable(path.parent, flag, value)  # it will be replaced, atomically
-    else: _creatable(path, flag, value)
-    return path
-
-
-def _out_folder(value:str|None, flag:str) -> Path|None:
-    "The folder `value` names for `flag` (`~` expanded), checked to be a folder that can be written, or made, in"
+def _out(value:str|None, flag:str, folder:bool=True) -> Path|None:
+    "The folder (or file) `value` names for `flag`, `~` expanded, checked before any work to be one we can write"
     if value is None: return None
     path = Path(value).expanduser().absolute()
-    if not path.exists(): _creatable(path, flag, value)
-    elif not path.is_dir(): raise NotADirectoryError(f"{flag} {value} is a file; give a folder (it is made if absent)")
-    else: _writable(path, flag, value)
+    if folder and path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{flag} {value} is a file; give a folder (it is made if absent)")
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"{flag} {value} is a folder; give a file name such as model.safetensors")
+    anc = _existing(path if folder else path.parent)  # where a file will be made (`path` is absolute: its root exists)
+    if not anc.is_dir(): raise NotADirectoryError(f"{flag} {value}: {anc} is a file, not a folder; choose another path")
+    try: tempfile.TemporaryFile(dir=anc).close()  # trying is the only test that holds for root, read-only mounts, ACLs
+    except OSError as e:
+        raise PermissionError(f"{flag} {value}: cannot create files in {anc} ({e.strerror}); choose a folder you "
+                              "can write to") from None
     return path
 
 
@@ -271,15 +254,14 @@ def _load_model(fn:str):
 def _loss_name(learn) -> str: return getattr(learn.loss_func, '__name__', type(learn.loss_func).__name__)
 
 
-def _write_report(learn, dl, folder:Path, what:str, with_loss:bool) -> list:
-    "The report's PNGs for `learn` on the labelled loader `dl` (`what` images), in `folder`; returns their paths"
+def _report(learn, dl, folder:Path, what:str, with_loss:bool, done:str='') -> list:
+    "The report's PNGs for `learn` on the labelled `dl` (`what` images) in `folder`; a failed write: one error + `done`"
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from fastai.interpret import ClassificationInterpretation
     from .files import atomic_path
     from .plots import plot_weights
-    folder.mkdir(parents=True, exist_ok=True)
     figs = {}
     if with_loss:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -294,19 +276,16 @@ def _write_report(learn, dl, folder:Path, what:str, with_loss:bool) -> list:
         figs['weights'] = plot_weights(learn)
         interp.plot_top_losses(min(N_WORST, len(dl.dataset)))
         figs['worst'] = plt.gcf()
-    for key, fig in figs.items():  # each written atomically: an existing picture is never half-written
-        try:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, fig in figs.items():  # each written atomically: an existing picture is never half-written
             with atomic_path(folder/REPORT_FILES[key]) as tmp:
                 fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
-        finally: plt.close(fig)
-    return [folder/REPORT_FILES[k] for k in figs]
-
-
-def _report(learn, dl, folder:Path, what:str, with_loss:bool, done:str='') -> list:
-    "`_write_report`, a failed write (a full disk) one clear error; `done` says what was written before it"
-    try: return _write_report(learn, dl, folder, what, with_loss)
     except OSError as e:
         raise OSError(f"Could not write the report into {folder}: {_write_failure(e, folder)}{done}") from e
+    finally:
+        for fig in figs.values(): plt.close(fig)
+    return [folder/REPORT_FILES[k] for k in figs]
 
 
 @contextmanager
@@ -326,7 +305,7 @@ def _bars_for_terminals():
 
 def _train(args) -> int:
     pair = _check_pair(args.pair)
-    out, report = _out_file(args.out, '--out'), _out_folder(args.report, '--report')  # before any data or training
+    out, report = _out(args.out, '--out', folder=False), _out(args.report, '--report')  # before any data or training
     _check_suffix(args.out, '--out')
     with _bars_for_terminals(): return _fit_and_export(args, pair, out, report)
 
@@ -437,7 +416,7 @@ def _predict(args) -> int:
     "One line per image (an unreadable one's on stderr, the others still answered); exit status 1 when any got no digit"
     import numpy as np
     from .prepare import digit_image
-    out = _out_folder(args.save_prepared, '--save-prepared')  # before the model is loaded
+    out = _out(args.save_prepared, '--save-prepared')  # before the model is loaded
     learn = _load_model(_model_file(args.model))
     prepare = not args.no_prepare and getattr(learn.dls, 'prepare', True)
     check = getattr(learn.dls, 'pair_check', None)
@@ -481,7 +460,7 @@ def _print_evaluation(args, pair, source:str, acc:float, loss:float, loss_name:s
 
 
 def _evaluate(args) -> int:
-    report = _out_folder(args.report, '--report')  # before any model or data is loaded
+    report = _out(args.report, '--report')  # before any model or data is loaded
     if report: _check_room([(report, REPORT_ROOM, '--report', args.report)])
     learn = _load_model(_model_file(args.model))
     from fastai.interpret import ClassificationInterpretation
@@ -503,7 +482,7 @@ def _evaluate(args) -> int:
 
 def _demo(args) -> int:
     _model_file(args.model)
-    _out_folder(args.space, '--space')
+    _out(args.space, '--space')
     if args.space is None: check_port(args.host, args.port)  # before the model loads
     from .demo import demo, import_gradio, write_space
     if args.space is not None:

@@ -52,8 +52,9 @@ def existing_model_file(fname:str|Path) -> Path:
 def _same_structure(model:nn.Module, ref:nn.Module) -> bool:
     "Whether `model` is `ref` built again: the same module classes and settings, the same tensors' names and shapes"
     mods, refs, sd, rsd = list(model.modules()), list(ref.modules()), model.state_dict(), ref.state_dict()
-    return (len(mods) == len(refs) and all(type(m) is type(r) and m.extra_repr() == r.extra_repr() for m, r in
-            zip(mods, refs)) and list(sd) == list(rsd) and all(sd[k].shape == rsd[k].shape for k in sd))
+    same = lambda m, r: type(m) is type(r) and m.extra_repr() == r.extra_repr()
+    return (len(mods) == len(refs) and all(map(same, mods, refs)) and list(sd) == list(rsd)
+            and all(sd[k].shape == rsd[k].shape for k in sd))
 
 
 def _export_error(what:str) -> BinaryDigitsError:

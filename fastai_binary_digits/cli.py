@@ -56,13 +56,14 @@ def _command(sub, name:str, help:str, description:str, func, model=True, epilog=
 
 def _add_source(p, verb:str):
     "The data-source options that `train` and `evaluate` share"
-    g = p.add_argument_group('data', "Where the digits come from (default: fastai's MNIST, `untar_data(URLs.MNIST)`; "
-                                     "when that is neither cached nor downloadable, the bundled sample, with a notice)")
+    g = p.add_argument_group('data', textwrap.fill("Where the digits come from (default: fastai's MNIST, "
+                             "`untar_data(URLs.MNIST)`; if neither cached nor downloadable, the bundled sample, with a "
+                             "notice)", 79))
     src = g.add_mutually_exclusive_group()
-    src.add_argument('--sample', action='store_true', help=f"{verb} the MNIST sample bundled with the package "
-                                                           "(1,000 training and 200 testing images per digit; offline)")
-    src.add_argument('--path', metavar='DIR', help="a folder holding fastai's mnist_png (training/ and testing/) or "
-                                                   "the four MNIST IDX files (plain or .gz)")
+    src.add_argument('--sample', action='store_true',
+                     help=f"{verb} the bundled MNIST sample (1,000 training and 200 testing images a digit; offline)")
+    src.add_argument('--path', metavar='DIR', help="a folder of fastai's mnist_png (training/, testing/) or the four "
+                                                   "MNIST IDX files (plain or .gz)")
     g.add_argument('--bs', type=_positive(int, WHOLE), default=256, help='batch size')
 
 
@@ -129,18 +130,16 @@ def _add_demo(sub):
                    "machine; an address of this machine on a network (or all of them) opens it to that network")
     p.add_argument('--share', action='store_true',
                    help="also serve the page through a public link from Gradio's share servers (never on by default)")
-    p.add_argument('--space', metavar='DIR', help="rather than serving, write DIR ready to deploy as a Hugging Face "
-                   "Gradio Space: app.py (runs with `python app.py`), requirements.txt, README.md, the model and this "
-                   "package's code")
+    p.add_argument('--space', metavar='DIR', help="rather than serving, write DIR as a Hugging Face Gradio Space: "
+                   "app.py (`python app.py` runs it), requirements.txt, README.md, the model and this package's code")
 
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(
         prog='fastai-binary-digits', formatter_class=_Help,
-        description=textwrap.fill("Chapter 4 of the fastai book as a tool: train, use and evaluate a classifier of any "
-                                  "pair of MNIST digits. `fastai-binary-digits COMMAND --help` describes each command.",
-                                  79),
+        description=textwrap.fill("Chapter 4 of the fastai book as a tool: train, use and evaluate a classifier of two "
+                                  "MNIST digits. `fastai-binary-digits COMMAND --help` tells more.", 79),
         epilog="examples:\n"
                "  fastai-binary-digits train --sample --pair 4 8 --epochs 5 --report report/\n"
                "  fastai-binary-digits predict model.safetensors digit.png another.jpg\n"

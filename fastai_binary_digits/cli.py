@@ -179,7 +179,7 @@ def _model_file(value:str) -> str:
 
 
 def _out(value:str|None, flag:str, folder:bool=True) -> Path|None:
-    "The folder (or file) `value` names for `flag`, `~` expanded, checked before any work to be one we can write"
+    "The folder (or file) `value` names for `flag`, `~` expanded, checked before any work to be writable or makeable"
     if value is None: return None
     path = Path(value).expanduser().absolute()
     if folder and path.exists() and not path.is_dir():
@@ -254,7 +254,7 @@ def _loss_name(learn) -> str: return getattr(learn.loss_func, '__name__', type(l
 
 
 def _report(learn, dl, folder:Path, what:str, with_loss:bool, done:str='') -> list:
-    "The report's PNGs for `learn` on the labelled `dl` (`what` images) in `folder`; a failed write: one error + `done`"
+    "Write the report's PNGs for `learn` on the labelled `dl` (`what` images) into `folder`; a failed write says `done`"
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

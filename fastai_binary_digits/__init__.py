@@ -1,8 +1,7 @@
 "Chapter 4 of the fastai book as a tool: classify any pair of MNIST digits with fastai, from scratch to `Learner`"
 __version__ = '0.1.0'
 
-_API_MODULES = ('data', 'losses', 'models', 'learner', 'pair_check', 'plots', 'prepare', 'demo')
-# ^ what `from fastai_binary_digits import *` gives (`demo` imports Gradio only when the demo runs)
+_API_MODULES = ('data', 'losses', 'models', 'learner', 'pair_check', 'plots', 'prepare', 'demo')  # `import *` gives
 
 
 def _load_api():
@@ -10,7 +9,7 @@ def _load_api():
     its names or of `__all__` (PEP 562), so that `import fastai_binary_digits.cli` and `--help` need no fastai"""
     import warnings
     from importlib import import_module
-    with warnings.catch_warnings():  # fastai's layers call the deprecated `torch.jit.script` on import: not the user's to act on
+    with warnings.catch_warnings():  # fastai's layers call the deprecated `torch.jit.script` on import: not for users
         warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
         mods = [import_module(f'.{m}', __name__) for m in _API_MODULES]
     g = globals()
@@ -19,7 +18,7 @@ def _load_api():
 
 
 def __getattr__(name:str):
-    if name.startswith('__') and name != '__all__': raise AttributeError(name)  # `__path__`, `__wrapped__`, ...: not ours
+    if name.startswith('__') and name != '__all__': raise AttributeError(name)  # `__path__`, `__wrapped__`: not ours
     _load_api()
     try: return globals()[name]
     except KeyError: raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

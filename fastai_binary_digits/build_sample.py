@@ -12,7 +12,7 @@ __all__ = ['build_sample']
 PER_DIGIT = {'training': 1000, 'testing': 200}  # images kept per digit: the first ones of each digit in the file
 
 def _write_idx_gz(arr:np.ndarray, fn:Path):
-    "Write `arr` as a gzip-compressed IDX file; gzip's time stamp and name are left out so equal input gives equal bytes"
+    "Write `arr` as a gzipped IDX file, without gzip's time stamp and name: equal input, equal bytes"
     code = {np.dtype('uint8'): 0x08, np.dtype('int32'): 0x0C}[arr.dtype]
     header = bytes([0, 0, code, arr.ndim]) + b''.join(int(n).to_bytes(4, 'big') for n in arr.shape)
     with atomic_path(fn) as tmp, open(tmp, 'wb') as f, \
@@ -30,10 +30,8 @@ def build_sample(idx_dir:str|Path, out:str|Path=SAMPLE_PATH, per_digit:dict=PER_
         images, labels = map(read_idx, files)
         keep = np.sort(np.concatenate([np.flatnonzero(labels == d)[:per_digit[split]] for d in range(10)]))
         for kind, arr in (('images', images[keep]), ('labels', labels[keep]), ('indices', keep.astype(np.int32))):
-            dims = arr.ndim
-            fn = out/f'{prefix}-{kind}-idx{dims}-{"ubyte" if arr.dtype == np.uint8 else "int"}.gz'
-            _write_idx_gz(arr, fn)
-            written.append(fn)
+            written.append(out/f'{prefix}-{kind}-idx{arr.ndim}-{"ubyte" if arr.dtype == np.uint8 else "int"}.gz')
+            _write_idx_gz(arr, written[-1])
     return written
 
 def main(argv=None):

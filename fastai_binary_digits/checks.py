@@ -14,7 +14,8 @@ class BinaryDigitsError(ValueError):
 def check_pair(pair) -> tuple:
     "`pair` as a tuple of two distinct ints 0-9, or a clear error (a string such as '37', booleans and 3.5 are refused)"
     msg = f"`pair` must be two distinct digits 0-9, such as (4, 8), got {pair!r}"
-    if isinstance(pair, (str, bytes)): raise BinaryDigitsError(f"{msg}: a string, not two numbers; write (3, 7), not '37'")
+    if isinstance(pair, (str, bytes)):
+        raise BinaryDigitsError(f"{msg}: a string, not two numbers; write (3, 7), not '37'")
     try: (x, y), (a, b) = pair, (int(d) for d in pair)
     except (TypeError, ValueError, OverflowError): raise BinaryDigitsError(msg) from None  # (int(inf): overflow)
     if any(type(d).__name__ in ('bool', 'bool_') for d in (x, y)):  # Python's and numpy's booleans
@@ -44,20 +45,20 @@ def check_device(device):
     from fastai.torch_core import default_device
     if device is None: return default_device()
     try: device = torch.device(device)
-    except (RuntimeError, TypeError) as e: raise BinaryDigitsError(f"`device` {device!r} is not a device name: {e}") from e
-    if device.type == 'cuda':
-        n = torch.cuda.device_count()
-        if n == 0: raise BinaryDigitsError(f"`device` {device} asked for a GPU, but this machine has none that PyTorch "
-                                           "can use; use device='cpu' (or leave it out for fastai's default_device())")
-        if (device.index or 0) >= n: raise BinaryDigitsError(f"`device` {device} does not exist: this machine has {n} GPU(s)")
-    elif device.type == 'mps' and not torch.backends.mps.is_available():
+    except (RuntimeError, TypeError) as e:
+        raise BinaryDigitsError(f"`device` {device!r} is not a device name: {e}") from e
+    n = torch.cuda.device_count() if device.type == 'cuda' else None
+    if n == 0: raise BinaryDigitsError(f"`device` {device} asked for a GPU, but this machine has none that PyTorch "
+                                       "can use; use device='cpu' (or leave it out for fastai's default_device())")
+    if n and (device.index or 0) >= n:
+        raise BinaryDigitsError(f"`device` {device} does not exist: this machine has {n} GPU(s)")
+    if device.type == 'mps' and not torch.backends.mps.is_available():
         raise BinaryDigitsError(f"`device` {device} is not available on this machine; use device='cpu'")
     return device
 
 
 def check_port(host:str, port:int|None=None):
-    """A clear error when `host` is not an address of this machine or `port` on it is taken (rather than Gradio's
-    search for another); with no `port`, only `host` is checked"""
+    "A clear error when `host` is not this machine's or `port` on it is taken (rather than Gradio's search for another)"
     import errno, socket
     if port is not None and not (isinstance(port, int) and 0 < port < 65536):
         raise BinaryDigitsError(f"`port` must be a whole number from 1 to 65535, got {port!r}")

@@ -1,7 +1,5 @@
-"""The command line `fastai-binary-digits` (or `python -m fastai_binary_digits`): `train`, `predict`, `evaluate`, `demo`.
-Exit status 0 on success, 1 when `predict` gave some image no digit (none found, several, or neither of the pair's),
-2 on bad usage or bad input (one `error:` line).
-Usage errors are found before torch and fastai are imported; any other failure is a bug, and shows its traceback."""
+"""`fastai-binary-digits` (or `python -m fastai_binary_digits`): `train`, `predict`, `evaluate`, `demo`. Exit status 1
+when `predict` gave some image no digit, 2 on bad usage or input (one `error:` line, found before torch is imported)."""
 from __future__ import annotations
 import argparse, errno, json, os, shutil, sys, tempfile, textwrap, warnings
 from collections import Counter
@@ -19,6 +17,7 @@ CHUNK = 64   # images `predict` reads, prepares and answers at a time: its memor
 MODEL_HELP = ("the learner written by `train --out`: a '.safetensors' file (safe), or fastai's '.pkl' pickle "
               "(it runs code when loaded: only from people you trust)")
 SUFFIXES = ('.safetensors', '.pkl')
+WHOLE = 'a whole number of at least 1'
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -27,11 +26,9 @@ SUFFIXES = ('.safetensors', '.pkl')
 def _positive(kind, what:str):
     "An argparse `type` that accepts a `kind` (int or float) above zero, with a message naming `what` was expected"
     def conv(s:str):
-        try: v = kind(s)
-        except ValueError: v = None
-        if v is None or not v > 0: raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}")
-        return v
-    conv.__name__ = kind.__name__
+        with suppress(ValueError):
+            if (v := kind(s)) > 0: return v
+        raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}")
     return conv
 
 
@@ -48,110 +45,101 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
         return super()._get_help_string(action)
 
 
-def _command(sub, name:str, help:str, description:str, func, epilog:str|None=None) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=textwrap.fill(description, 79), epilog=epilog, formatter_class=_Help)
+def _command(sub, name:str, help:str, description:str, func, model=True, epilog=None) -> argparse.ArgumentParser:
+    "The parser of command `name`, which runs `func`; with `model`, its first argument is a model file"
+    p = sub.add_parser(name, help=help, description=textwrap.fill(description, 79), epilog=epilog,
+                       formatter_class=_Help)
     p.set_defaults(func=func)
+    if model: p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
     return p
 
 
 def _add_source(p, verb:str):
     "The data-source options that `train` and `evaluate` share"
-    g = p.add_argument_group('data', "Where the digits come from (default: fastai's MNIST, `untar_data(URLs.MNIST)`; "
-                                     "when that is neither cached nor downloadable, the bundled sample, with a notice)")
+    g = p.add_argument_group('data', textwrap.fill("Where the digits come from (default: fastai's MNIST, "
+                             "`untar_data(URLs.MNIST)`; if neither cached nor downloadable, the bundled sample, with a "
+                             "notice)", 79))
     src = g.add_mutually_exclusive_group()
-    src.add_argument('--sample', action='store_true', help=f"{verb} the MNIST sample bundled with the package "
-                                                           "(1,000 training and 200 testing images per digit; offline)")
-    src.add_argument('--path', metavar='DIR', help="a folder holding fastai's mnist_png (training/ and testing/) or "
-                                                   "the four MNIST IDX files (plain or .gz)")
-    g.add_argument('--bs', type=_positive(int, 'a whole number of at least 1'), default=256, help='batch size')
+    src.add_argument('--sample', action='store_true',
+                     help=f"{verb} the bundled MNIST sample (1,000 training and 200 testing images a digit; offline)")
+    src.add_argument('--path', metavar='DIR', help="a folder of fastai's mnist_png (training/, testing/) or the four "
+                                                   "MNIST IDX files (plain or .gz)")
+    g.add_argument('--bs', type=_positive(int, WHOLE), default=256, help='batch size')
 
 
 def _add_train(sub):
     p = _command(sub, 'train', 'train a model on two digits and export it', "Train a model to tell two MNIST digits "
-                 "apart, showing fastai's progress bars and per-epoch table, then export the learner: to a "
-                 "'.safetensors' file (the default: weights and settings, safe to share and load; `load_binary_learner` "
-                 "reads it) or to fastai's '.pkl' pickle (`load_learner`). `predict` and `evaluate` read both.", _train)
+                 "apart (fastai's progress bars and table of epochs), then export the learner: a '.safetensors' file "
+                 "(weights and settings, safe to share; `load_binary_learner`) or fastai's '.pkl' pickle "
+                 "(`load_learner`). `predict` and `evaluate` read both.", _train, model=False)
     p.add_argument('--pair', nargs=2, type=int, default=[3, 7], metavar=('A', 'B'),
                    help="the two digits, label 0 for A and 1 for B (default: 3 7, the book's)")
     p.add_argument('--arch', choices=ARCH_NAMES, default='linear',
                    help="the model: the book's linear model, its 784-30-1 net, a deeper net, or a small CNN")
-    p.add_argument('--epochs', type=_positive(int, 'a whole number of at least 1'), default=20, help='epochs to train')
+    p.add_argument('--epochs', type=_positive(int, WHOLE), default=20, help='epochs to train')
     p.add_argument('--lr', type=_positive(float, 'a number above 0'), default=0.1, help='learning rate (SGD)')
-    p.add_argument('--seed', type=int, default=None,
-                   help='seed the validation split, the initial weights and the shuffling: same seed, same table')
+    p.add_argument('--seed', type=int, help='seed the split, the initial weights, the shuffling: same seed, same table')
     p.add_argument('--one-cycle', action='store_true', help="train with fastai's `fit_one_cycle` rather than `fit`")
     p.add_argument('--valid', choices=['split', 'testing'], default='split',
                    help="validate on 20%% of the training images ('split') or on the official test set ('testing')")
     _add_source(p, 'train on')
     p.add_argument('--out', metavar='FILE', default='model.safetensors',
                    help="where to write the learner: a '.safetensors' file (safe to share) or fastai's '.pkl' pickle")
-    p.add_argument('--report', metavar='DIR', help=f"write PNG pictures into DIR: {', '.join(REPORT_FILES.values())} "
-                                                   "(on the validation images)")
-    p.add_argument('--no-check', action='store_true',
-                   help="skip the pair check, trained by default after the model on the pair's digits against MNIST's "
-                        "other eight, so that `predict` says 'neither A nor B' for an image of another digit")
+    p.add_argument('--report', metavar='DIR',
+                   help=f"write {', '.join(REPORT_FILES.values())} into DIR, on the validation images")
+    p.add_argument('--no-check', action='store_true', help="skip the pair check (the pair's digits against MNIST's "
+                   "other eight, trained after the model), by which `predict` says 'neither A nor B' for another digit")
 
 
 def _add_predict(sub):
     p = _command(sub, 'predict', 'classify image files with an exported model', "Classify image files with a model "
-                 "exported by `train`: one line per image with the digit and its probability. Drawings, photos of "
-                 "paper and canvases of any size, colour and polarity are first made to look like MNIST's digits "
-                 "(`prepare_digit`: the ink cropped, fitted in 20x20 and centred in 28x28); an image holding no digit "
-                 "gives 'no digit found', one holding several side by side ('3 7') 'N digits found', and with the "
-                 "model's pair check one that is neither of its two digits gives 'neither A nor B'. Exit status 1 when "
-                 "any image could not be read, held no digit, several, or neither digit.", _predict)
-    p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
+                 "exported by `train`: one line per image, its digit and probability. Images of any size, colour and "
+                 "polarity are first made to look like MNIST's digits (`prepare_digit`: the ink cropped, fitted in "
+                 "20x20, centred in 28x28). Other answers: 'no digit found', 'N digits found' (side by side), and, "
+                 "with the model's pair check, 'neither A nor B' for another digit. Exit status 1 when any image got "
+                 "no digit or could not be read.", _predict)
     p.add_argument('images', metavar='IMAGE', nargs='+', help='image files (PNG, JPEG, ...)')
-    p.add_argument('--json', action='store_true', help='print one JSON object per line: image, digit (null unless '
-                                                       'one digit of the pair is found), in_pair, probability, '
-                                                       'probabilities of both digits, the pair check\'s '
-                                                       'other_probability, digits (how many were found); or image '
-                                                       'and error')
-    p.add_argument('--save-prepared', metavar='DIR', help='write the 28x28 image the model saw for each image into '
-                                                          'DIR, as DIR/<image name>.png')
-    p.add_argument('--no-prepare', action='store_true', help="take the images as MNIST's already (light digit on "
-                                                             "dark, centred): only resize them to 28x28")
+    p.add_argument('--json', action='store_true', help="print one JSON object per line: image, digit (null unless one "
+                   "digit of the pair is found), in_pair, probability, probabilities of both digits, the pair check's "
+                   "other_probability, digits (how many were found); or image and error")
+    p.add_argument('--save-prepared', metavar='DIR',
+                   help='write the 28x28 image the model saw for each image into DIR, as DIR/<image name>.png')
+    p.add_argument('--no-prepare', action='store_true',
+                   help="take the images as MNIST's already (light digit on dark, centred): only resize them to 28x28")
 
 
 def _add_evaluate(sub):
     p = _command(sub, 'evaluate', "measure a model on the official testing images", "Accuracy, loss and confusion "
                  "matrix of a model exported by `train` on the official MNIST testing images of its two digits.",
                  _evaluate)
-    p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
     _add_source(p, 'evaluate on')
     p.add_argument('--json', action='store_true', help='print the results as one JSON object')
-    p.add_argument('--report', metavar='DIR', help="write PNG pictures into DIR: " +
-                   ', '.join(v for k, v in REPORT_FILES.items() if k != 'loss'))
+    p.add_argument('--report', metavar='DIR', help=f"write {', '.join(list(REPORT_FILES.values())[1:])} into DIR")
 
 
 def _add_demo(sub):
     p = _command(sub, 'demo', 'a page where you draw a digit and the model answers', "Serve a page (Gradio) where you "
-                 "draw a digit with the mouse or a finger, or upload an image, and the model answers as you draw, "
-                 "showing the 28x28 picture it received. The page stays on this machine (127.0.0.1) unless you pass "
-                 "--host or --share. Needs the `demo` extra: pip install -e \".[demo]\" in a clone of the repository, "
-                 "or pip install \"gradio>=6,<7\".", _demo,
+                 "draw or upload a digit and the model answers as you draw, showing the 28x28 picture it received. It "
+                 "stays on this machine (127.0.0.1) unless you pass --host or --share. Needs Gradio: pip install -e "
+                 "\".[demo]\" in a clone of the repository, or pip install \"gradio>=6,<7\".", _demo,
                  epilog="examples:\n  fastai-binary-digits demo model.safetensors --port 7860\n"
                         "  fastai-binary-digits demo model.safetensors --space my_space/   # then: cd my_space && "
                         "python app.py")
-    p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
-    p.add_argument('--port', type=_port, default=None,
-                   help='the port to serve on (default: the first free one from 7860)')
-    p.add_argument('--host', default='127.0.0.1',
-                   help="the address to serve on: 127.0.0.1 keeps the page on this machine; an address of this "
-                        "machine on a network (or all of them) opens it to that network")
+    p.add_argument('--port', type=_port, help='the port to serve on (default: the first free one from 7860)')
+    p.add_argument('--host', default='127.0.0.1', help="the address to serve on: 127.0.0.1 keeps the page on this "
+                   "machine; an address of this machine on a network (or all of them) opens it to that network")
     p.add_argument('--share', action='store_true',
                    help="also serve the page through a public link from Gradio's share servers (never on by default)")
-    p.add_argument('--space', metavar='DIR', help="rather than serving, write DIR ready to deploy as a Hugging Face "
-                                                  "Gradio Space: app.py (runs with `python app.py`), requirements.txt, "
-                                                  "README.md, the model and this package's code")
+    p.add_argument('--space', metavar='DIR', help="rather than serving, write DIR as a Hugging Face Gradio Space: "
+                   "app.py (`python app.py` runs it), requirements.txt, README.md, the model and this package's code")
 
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = argparse.ArgumentParser(
         prog='fastai-binary-digits', formatter_class=_Help,
-        description=textwrap.fill("Chapter 4 of the fastai book as a tool: train, use and evaluate a classifier of any "
-                                  "pair of MNIST digits. `fastai-binary-digits COMMAND --help` describes each command.", 79),
+        description=textwrap.fill("Chapter 4 of the fastai book as a tool: train, use and evaluate a classifier of two "
+                                  "MNIST digits. `fastai-binary-digits COMMAND --help` tells more.", 79),
         epilog="examples:\n"
                "  fastai-binary-digits train --sample --pair 4 8 --epochs 5 --report report/\n"
                "  fastai-binary-digits predict model.safetensors digit.png another.jpg\n"
@@ -173,8 +161,9 @@ def _check_pair(pair:list) -> tuple:
 
 
 def _check_suffix(value:str, flag:str):
-    if Path(value).suffix.lower() not in SUFFIXES:
-        ends = f"ends in {Path(value).suffix!r}" if Path(value).suffix else 'has no suffix'
+    suffix = Path(value).suffix
+    if suffix.lower() not in SUFFIXES:
+        ends = f"ends in {suffix!r}" if suffix else 'has no suffix'
         raise BinaryDigitsError(f"{flag} {value} {ends}: a model file ends in '.safetensors' (the safe format) or "
                                 "'.pkl' (fastai's pickle)")
 
@@ -189,43 +178,25 @@ def _model_file(value:str) -> str:
     return value
 
 
-def _writable(folder:Path, flag:str, value:str):
-    "Check that a file can be created in `folder` by trying (the only test that holds for root, read-only mounts, ACLs)"
-    try: tempfile.TemporaryFile(dir=folder).close()
-    except OSError as e:
-        raise PermissionError(f"{flag} {value}: cannot create files in {folder} ({e.strerror}); choose a folder you "
-                              "can write to") from None
-
-
-def _creatable(path:Path, flag:str, value:str):
-    "Check that `path` (absent) can be made: its nearest existing ancestor is a folder where a file can be created"
-    anc = next(p for p in path.parents if p.exists())  # `path` is absolute: its root exists
-    if not anc.is_dir(): raise NotADirectoryError(f"{flag} {value}: {anc} is a file, not a folder; choose another path")
-    _writable(anc, flag, value)
-
-
-def _out_file(value:str, flag:str) -> Path:
-    "The file `value` names for `flag` (`~` expanded), checked to be writable before any work is done"
-    path = Path(value).expanduser().absolute()
-    if path.is_dir(): raise IsADirectoryError(f"{flag} {value} is a folder; give a file name such as model.safetensors")
-    if path.exists(): _writable(path.parent, flag, value)  # it will be replaced, atomically
-    else: _creatable(path, flag, value)
-    return path
-
-
-def _out_folder(value:str|None, flag:str) -> Path|None:
-    "The folder `value` names for `flag` (`~` expanded), checked to be a folder that can be written, or made, in"
+def _out(value:str|None, flag:str, folder:bool=True) -> Path|None:
+    "The folder (or file) `value` names for `flag`, `~` expanded, checked before any work to be writable or makeable"
     if value is None: return None
     path = Path(value).expanduser().absolute()
-    if not path.exists(): _creatable(path, flag, value)
-    elif not path.is_dir(): raise NotADirectoryError(f"{flag} {value} is a file; give a folder (it is made if absent)")
-    else: _writable(path, flag, value)
+    if folder and path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{flag} {value} is a file; give a folder (it is made if absent)")
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"{flag} {value} is a folder; give a file name such as model.safetensors")
+    anc = _existing(path if folder else path.parent)  # where a file will be made (`path` is absolute: its root exists)
+    if not anc.is_dir(): raise NotADirectoryError(f"{flag} {value}: {anc} is a file, not a folder; choose another path")
+    try: tempfile.TemporaryFile(dir=anc).close()  # trying is the only test that holds for root, read-only mounts, ACLs
+    except OSError as e:
+        raise PermissionError(f"{flag} {value}: cannot create files in {anc} ({e.strerror}); choose a folder you "
+                              "can write to") from None
     return path
 
 
 def _size(n:int) -> str:
     return f"{n/1e9:,.1f} GB" if n >= 1e9 else f"{n/1e6:,.1f} MB" if n >= 1e6 else f"{n/1e3:,.0f} KB"
-
 
 
 def _existing(path:Path) -> Path: return next(p for p in (path, *path.parents) if p.exists())
@@ -234,23 +205,21 @@ def _existing(path:Path) -> Path: return next(p for p in (path, *path.parents) i
 def _disk(path:Path) -> str:
     "The disk that holds, or will hold, `path`, named by the folder it is mounted at"
     path = _existing(path).resolve()
-    dev = path.stat().st_dev
-    while path.parent != path and path.parent.stat().st_dev == dev: path = path.parent
+    while not os.path.ismount(path): path = path.parent
     return f"the disk mounted at {path}"
 
 
 def _check_room(needs:list):
-    """A clear error, before any work, when a disk has too little room for what goes on it: `needs` holds
-    `(path, bytes, flag, value)` for each output"""
+    "A clear error, before any work, when a disk lacks room: `needs` holds (path, bytes, flag, value) for each output"
     disk = lambda path: _existing(path).stat().st_dev
     on_disk = Counter()
     for path, n, *_ in needs: on_disk[disk(path)] += n
     for path, _, flag, value in needs:
-        free = shutil.disk_usage(_existing(path)).free
-        if free < on_disk[disk(path)]:
+        free, need = shutil.disk_usage(_existing(path)).free, on_disk[disk(path)]
+        if free < need:
             raise BinaryDigitsError(f"{flag} {value}: {_disk(path)} has {_size(free)} free, and what this command "
-                                    f"writes there needs about {_size(on_disk[disk(path)])}: free some space there or "
-                                    "choose another place (nothing was done)")
+                                    f"writes there needs about {_size(need)}: free some space there or choose another "
+                                    "place (nothing was done)")
 
 
 def _write_failure(e:Exception, path:Path) -> str:
@@ -263,8 +232,7 @@ def _write_failure(e:Exception, path:Path) -> str:
 # Shared steps
 
 def _source(args) -> tuple:
-    """`from_mnist`'s source arguments for what `args` name, and a description of it: fastai's MNIST, or the bundled
-    sample (with a one-line notice) when that is neither cached nor downloadable"""
+    "`from_mnist`'s source arguments for `args`, and its name: fastai's MNIST, else the bundled sample, with a notice"
     from .mnist import find_source
     if args.sample: return dict(sample=True), 'the bundled sample'
     if args.path is not None: return dict(path=args.path), args.path
@@ -282,26 +250,17 @@ def _load_model(fn:str):
     return load_model_file(Path(fn).expanduser())
 
 
-def _save_fig(fig, fn:Path):
-    "Save `fig` as a PNG at `fn`, atomically (an existing picture is never half-written), and close it"
-    import matplotlib.pyplot as plt
-    from .files import atomic_path
-    try:
-        with atomic_path(fn) as tmp: fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
-    finally: plt.close(fig)
-
-
 def _loss_name(learn) -> str: return getattr(learn.loss_func, '__name__', type(learn.loss_func).__name__)
 
 
-def _write_report(learn, dl, folder:Path, what:str, with_loss:bool) -> list:
-    "The report's PNGs for `learn` on the labelled loader `dl` (`what` images), in `folder`; returns their paths"
+def _report(learn, dl, folder:Path, what:str, with_loss:bool, done:str='') -> list:
+    "Write the report's PNGs for `learn` on the labelled `dl` (`what` images) into `folder`; a failed write says `done`"
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from fastai.interpret import ClassificationInterpretation
+    from .files import atomic_path
     from .plots import plot_weights
-    folder.mkdir(parents=True, exist_ok=True)
     figs = {}
     if with_loss:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -316,7 +275,15 @@ def _write_report(learn, dl, folder:Path, what:str, with_loss:bool) -> list:
         figs['weights'] = plot_weights(learn)
         interp.plot_top_losses(min(N_WORST, len(dl.dataset)))
         figs['worst'] = plt.gcf()
-    for key, fig in figs.items(): _save_fig(fig, folder/REPORT_FILES[key])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, fig in figs.items():  # each written atomically: an existing picture is never half-written
+            with atomic_path(folder/REPORT_FILES[key]) as tmp:
+                fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
+    except OSError as e:
+        raise OSError(f"Could not write the report into {folder}: {_write_failure(e, folder)}{done}") from e
+    finally:
+        for fig in figs.values(): plt.close(fig)
     return [folder/REPORT_FILES[k] for k in figs]
 
 
@@ -337,7 +304,7 @@ def _bars_for_terminals():
 
 def _train(args) -> int:
     pair = _check_pair(args.pair)
-    out, report = _out_file(args.out, '--out'), _out_folder(args.report, '--report')  # before any data or training
+    out, report = _out(args.out, '--out', folder=False), _out(args.report, '--report')  # before any data or training
     _check_suffix(args.out, '--out')
     with _bars_for_terminals(): return _fit_and_export(args, pair, out, report)
 
@@ -385,8 +352,7 @@ def _fit_pair_check(learn, dls, seed:int|None):
 
 
 def _export(learn, out:Path, arch:str):
-    """`learn.export(out)`; should the write fail (a full disk), the trained model is written where there is room and
-    the one error says where, so that the training is not lost"""
+    "`learn.export(out)`; should that fail (a full disk), the model is kept where there is room, the error says where"
     from .model_files import file_size
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -412,24 +378,6 @@ def _rescue(learn, out:Path) -> str:
     return "The trained model could not be written anywhere else either: free some space and train again"
 
 
-def _report(learn, dl, folder:Path, what:str, with_loss:bool, done:str='') -> list:
-    "`_write_report`, a failed write (a full disk) one clear error; `done` says what was written before it"
-    try: return _write_report(learn, dl, folder, what, with_loss)
-    except OSError as e:
-        raise OSError(f"Could not write the report into {folder}: {_write_failure(e, folder)}{done}") from e
-
-
-def _read_digits(fns:list, prepare:bool) -> tuple:
-    """The 28x28 image the model sees for each of the files `fns` that can be read (None where no digit was found) with
-    how many digits it holds, and `{file: why}` for the others; one picture at a time is held in memory"""
-    from .prepare import digit_image
-    seen, errors = {}, {}
-    for fn in fns:
-        try: seen[fn] = digit_image(fn, prepare)
-        except (BinaryDigitsError, OSError) as e: errors[fn] = str(e)
-    return seen, errors
-
-
 def _save_seen(x28, fn:str, out:Path, names:set):
     "Write the 28x28 the model saw for image `fn` into `out`, under a name no other image of this call has"
     from PIL import Image
@@ -444,8 +392,8 @@ def _save_seen(x28, fn:str, out:Path, names:set):
 
 
 def _answer(fn:str, n:int, in_pair:bool, p:float, q:float, vocab, check, as_json:bool) -> bool:
-    """Print the answer for image `fn`, holding `n` digits: its digit (probability `p` of vocab[1]), 'no digit found',
-    'N digits found', or 'neither' (the pair check's probability `q` that it is another digit); whether it got a digit"""
+    """Print the answer for image `fn` holding `n` digits (`p`: the probability of vocab[1]; `q`: the pair check's that
+    it is another digit); whether it got a digit"""
     a, b = vocab
     digit, prob = (b, p) if p > 0.5 else (a, 1-p)
     answered = n == 1 and in_pair
@@ -464,10 +412,10 @@ def _answer(fn:str, n:int, in_pair:bool, p:float, q:float, vocab, check, as_json
 
 
 def _predict(args) -> int:
-    """One line per image: its digit, 'no digit found', 'N digits found', 'neither', or why it could not be read
-    (stderr; the others are still answered). Exit status 1 when any image got no digit"""
+    "One line per image (an unreadable one's on stderr, the others still answered); exit status 1 when any got no digit"
     import numpy as np
-    out = _out_folder(args.save_prepared, '--save-prepared')  # before the model is loaded
+    from .prepare import digit_image
+    out = _out(args.save_prepared, '--save-prepared')  # before the model is loaded
     learn = _load_model(_model_file(args.model))
     prepare = not args.no_prepare and getattr(learn.dls, 'prepare', True)
     check = getattr(learn.dls, 'pair_check', None)
@@ -476,15 +424,17 @@ def _predict(args) -> int:
                             file=sys.stderr, flush=True)
     failed, names = False, set()
     for i in range(0, len(args.images), CHUNK):
-        fns = args.images[i:i+CHUNK]
-        seen, errors = _read_digits(fns, prepare)
+        seen, errors = {}, {}  # (the 28x28 the model sees, or None, and how many digits) or why it could not be read
+        for fn in args.images[i:i+CHUNK]:
+            try: seen[fn] = digit_image(fn, prepare)
+            except (BinaryDigitsError, OSError) as e: errors[fn] = str(e)
         if seen:  # what the model sees, as `test_dl` would make it; a blank where no digit was found
             x28s = [np.zeros((28, 28), np.uint8) if a is None else a for a, _ in seen.values()]
             dl = learn.dls.test_dl(x28s, prepare=False)
             with learn.no_bar(): probs = learn.get_preds(dl=dl)[0].view(-1).tolist()  # the probability of vocab[1]
             flags = [n for _, n in seen.values()], dl.in_pair.tolist(), probs, dl.other_probs.tolist(), x28s
             answers = dict(zip(seen, zip(*flags)))  # (`in_pair` and `other_probs`: the pair check's, on every image)
-        for fn in fns:
+        for fn in args.images[i:i+CHUNK]:
             if fn in errors:
                 failed = True
                 if args.json: print(json.dumps(dict(image=fn, error=errors[fn])), flush=True)
@@ -498,44 +448,40 @@ def _predict(args) -> int:
 
 def _print_evaluation(args, pair, source:str, acc:float, loss:float, loss_name:str, cm):
     if args.json:
-        print(json.dumps(dict(model=args.model, pair=list(pair), source=source, images=int(cm.sum()), accuracy=acc,
-                              loss=loss, loss_func=loss_name, confusion_matrix=cm.tolist())))
-        return
+        return print(json.dumps(dict(model=args.model, pair=list(pair), source=source, images=int(cm.sum()),
+                                     accuracy=acc, loss=loss, loss_func=loss_name, confusion_matrix=cm.tolist())))
     print(f"{args.model}: {pair[0]} vs {pair[1]} on the official testing images of {source} ({int(cm.sum()):,} images)")
-    print(f"accuracy  {acc:.4f}\nloss      {loss:.4f} ({loss_name})\nconfusion matrix (rows: actual, columns: predicted)")
+    print(f"accuracy  {acc:.4f}\nloss      {loss:.4f} ({loss_name})")
+    print("confusion matrix (rows: actual, columns: predicted)")
     w = max(6, len(str(cm.max())) + 2)
     print(' '*4 + ''.join(f'{d:>{w}}' for d in pair))
     for d, row in zip(pair, cm): print(f'{d:>4}' + ''.join(f'{n:>{w}}' for n in row))
 
 
 def _evaluate(args) -> int:
-    report = _out_folder(args.report, '--report')  # before any model or data is loaded
+    report = _out(args.report, '--report')  # before any model or data is loaded
     if report: _check_room([(report, REPORT_ROOM, '--report', args.report)])
     learn = _load_model(_model_file(args.model))
-    with _bars_for_terminals(): return _evaluate_on_testing(args, learn, report)
-
-
-def _evaluate_on_testing(args, learn, report:Path|None) -> int:
-    import numpy as np
     from fastai.interpret import ClassificationInterpretation
     from .data import testing_dl
     pair = tuple(learn.dls.vocab)
-    src, source = _source(args)
-    dl = testing_dl(pair, bs=args.bs, **src)  # the testing images only
-    learn.dls.to(dl.device)
-    learn.model.to(dl.device)
-    with learn.no_bar():
-        loss = float(learn.validate(dl=dl)[0])
-        cm = ClassificationInterpretation.from_learner(learn, dl=dl).confusion_matrix()
-    _print_evaluation(args, pair, source, float(np.trace(cm)/cm.sum()), loss, _loss_name(learn), cm)
-    for fn in (_report(learn, dl, report, 'testing', with_loss=False) if report else []):
-        print(f"Wrote {fn}", file=sys.stderr if args.json else sys.stdout)
+    with _bars_for_terminals():
+        src, source = _source(args)
+        dl = testing_dl(pair, bs=args.bs, **src)  # the testing images only
+        learn.dls.to(dl.device)
+        learn.model.to(dl.device)
+        with learn.no_bar():
+            loss = float(learn.validate(dl=dl)[0])
+            cm = ClassificationInterpretation.from_learner(learn, dl=dl).confusion_matrix()
+        _print_evaluation(args, pair, source, float(cm.trace()/cm.sum()), loss, _loss_name(learn), cm)
+        for fn in (_report(learn, dl, report, 'testing', with_loss=False) if report else []):
+            print(f"Wrote {fn}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
 def _demo(args) -> int:
     _model_file(args.model)
-    _out_folder(args.space, '--space')
+    _out(args.space, '--space')
     if args.space is None: check_port(args.host, args.port)  # before the model loads
     from .demo import demo, import_gradio, write_space
     if args.space is not None:
@@ -558,11 +504,8 @@ def main(argv:list[str]|None=None) -> int:
             # PIL's warning about a picture of over 89 megapixels: the package refuses it anyway, in its own words
             warnings.filterwarnings('ignore', message=r'Image size \(\d+ pixels\) exceeds limit')
             return args.func(args)
-    except (BinaryDigitsError, OSError) as e:  # a user's mistake or a bad input: one line that says what to do
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as e:  # an optional extra the command needs; any other missing module is a bug
-        if e.name not in ('accelerate', 'gradio'): raise
+    except (BinaryDigitsError, OSError, ModuleNotFoundError) as e:  # a user's mistake or input: one line, what to do
+        if isinstance(e, ModuleNotFoundError) and e.name not in ('accelerate', 'gradio'): raise  # not an extra: a bug
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,7 +1,5 @@
-"""Draw a digit: a Gradio page where a person draws (or uploads) a digit and a trained learner answers as they draw,
-showing the 28x28 picture the model received. Local and offline unless asked otherwise; Gradio is an optional extra.
-The canvas is the page's own (a plain HTML canvas): each stroke sends its points, a few hundred bytes, and the server
-draws them again, so an answer costs one small request through Gradio's queue."""
+"""Draw a digit: a Gradio page (an optional extra; local unless asked) where a learner answers as a person draws,
+showing the 28x28 it received. The page's own canvas sends each stroke's points, which the server draws again."""
 from __future__ import annotations
 import contextlib, hashlib, io, math, os, shutil, sys, tempfile, threading, time
 from pathlib import Path
@@ -37,12 +35,10 @@ def neither(vocab) -> str:
 
 
 def import_gradio():
-    """Gradio, with its analytics off and its queue's bookkeeping light unless the user chose otherwise; or a one-line
-    error saying how to install it"""
+    "Gradio, its analytics off and its queue's bookkeeping light unless the user chose otherwise; or how to install it"
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # no analytics and no version check from the demo
     os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
-    # Gradio's queue sums up its last events in a pandas table after every event, for its monitoring page: 20 ms at
-    # its default 10,000 events, a fifth of a core for a class drawing. The last 1,000, summed up every 100 events:
+    # Gradio's queue tables its last 10,000 events after each one, for its monitoring page: 1,000, every 100 events
     os.environ.setdefault('GRADIO_ANALYTICS_MAX_EVENTS', '1000')
     os.environ.setdefault('GRADIO_ANALYTICS_CACHE_FREQUENCY', '100')
     try: import gradio
@@ -60,9 +56,8 @@ class Reading(NamedTuple):
 
 
 class DigitReader:
-    """What the page runs on every stroke: `prepare_digit`, then the learner's model and its loss's activation, as
-    fastai's `get_preds` computes them (the model in eval mode, no gradients), without building a `test_dl` each time;
-    and the learner's `pair_check`, where it has one, on the same input"""
+    """What the page runs on every stroke: `prepare_digit`, the model and its loss's activation as `get_preds` runs
+    them (eval mode, no gradients) without a `test_dl` each time, and the learner's `pair_check`, if any"""
     def __init__(self, learn):
         vocab = getattr(getattr(learn, 'dls', None), 'vocab', None)
         if vocab is None or len(vocab) != 2:
@@ -92,8 +87,7 @@ def zoom(x28:np.ndarray, k:int=_ZOOM) -> np.ndarray:
 
 
 def strokes_image(strokes) -> 'PIL.Image.Image':
-    """The page's drawing, sent as its strokes (each a flat list x0, y0, x1, y1, ... in pixels of the canvas), drawn
-    again as the canvas showed it: white ink `BRUSH` wide on black, `CANVAS` pixels a side; or a clear error"""
+    "The page's `strokes` (lists x0, y0, x1, y1, ... of canvas pixels) drawn as the canvas showed them, or an error"
     from PIL import Image, ImageDraw
     ok = isinstance(strokes, list) and len(strokes) <= MAX_POINTS and all(
         isinstance(s, list) and len(s) >= 2 and len(s) % 2 == 0 for s in strokes)
@@ -112,8 +106,7 @@ def strokes_image(strokes) -> 'PIL.Image.Image':
 
 
 def _picture_file(x28:np.ndarray, folder:Path) -> str:
-    """`x28`, made larger, as a PNG file in `folder`, named by its content and written under a temporary name, then
-    renamed: a picture another client is downloading is never rewritten under it"""
+    "`x28`, made larger, as a PNG in `folder` named by its content, renamed into place: never rewritten as it is read"
     from PIL import Image
     buf = io.BytesIO()
     Image.fromarray(zoom(x28)).save(buf, 'png')
@@ -125,8 +118,7 @@ def _picture_file(x28:np.ndarray, folder:Path) -> str:
 
 
 def _refuse(gr, what:str, e:Exception, fn:str|None=None):
-    """`e`'s message as one line in the server's terminal and on the page (a `gradio.Error`: no traceback), without
-    the folder of the upload `fn`: a temporary path means nothing to the person"""
+    "`e`'s message on one line in the server's log and on the page (`gradio.Error`), without the upload `fn`'s folder"
     msg = str(e)
     if fn is not None:
         for d in {str(Path(fn).parent), str(Path(fn).resolve().parent)}: msg = msg.replace(d + os.sep, '')
@@ -134,10 +126,8 @@ def _refuse(gr, what:str, e:Exception, fn:str|None=None):
     raise gr.Error(msg, print_exception=False) from None
 
 
-# The page's canvas: pointer events (mouse, pen and touch) draw on it at once; each stroke's end makes every stroke's
-# points its value and fires 'draw'; Clear empties it and fires 'draw' too, so that an answer to an earlier stroke never
-# arrives after it (Gradio sends a 'draw' fired while one is answered afterwards, with the value of that time).
-# No tool to choose: the canvas always draws.
+# The page's canvas: mouse, pen and touch draw at once; each stroke's end makes all strokes its value and fires 'draw';
+# Clear fires 'draw' too, so that no answer to an earlier stroke arrives after it (Gradio queues them in order).
 _PAD_HTML = f'''<div class="pad"><div class="pad-label">Draw a digit</div>
 <canvas width="{CANVAS}" height="{CANVAS}" aria-label="Draw a digit here with the mouse or a finger"></canvas>
 <button id="clear" type="button">Clear</button></div>'''
@@ -178,9 +168,8 @@ class _Answers:
         self.life, self.tidied, self.tidying = delete_cache, time.monotonic(), threading.Lock()
 
     def tidy(self):
-        """Delete the app's temporary files (uploads, pictures) older than `delete_cache`'s age plus its period, at
-        most once a period: Gradio's own deleting stops for good once a request adds a file while it runs, so under
-        load this does its work (it walks copies of Gradio's sets, and finds nothing to do while Gradio's runs)"""
+        """Delete the app's uploads and pictures older than `delete_cache`'s age plus period, once a period: Gradio's
+        own deleting stops for good once a request adds a file while it runs (this walks copies of Gradio's sets)"""
         if self.life is None or self.app is None or time.monotonic() - self.tidied < self.life[0]: return
         if not self.tidying.acquire(blocking=False): return
         try:
@@ -219,9 +208,8 @@ class _Answers:
 
 
 def demo_app(learn, title:str|None=None, delete_cache:tuple|None=CACHE_LIFE) -> 'gradio.Blocks':
-    """The Gradio `Blocks` page for `learn`: a canvas to draw on, an upload, the pair's probabilities (or why there are
-    none) and the 28x28 input; every request goes through Gradio's bounded queue. `delete_cache`: Gradio's (every,
-    age) in seconds for deleting the page's uploads and pictures (None: kept until the server stops)"""
+    """The Gradio page for `learn`: a canvas, an upload, the probabilities and the 28x28 input, through a bounded queue.
+    `delete_cache`: Gradio's (every, age) in seconds for deleting uploads and pictures (None: kept until it stops)"""
     gr = import_gradio()
     answers = _Answers(gr, learn, delete_cache)
     a, b = answers.read.vocab
@@ -256,9 +244,8 @@ def demo_app(learn, title:str|None=None, delete_cache:tuple|None=CACHE_LIFE) -> 
 
 def demo(learn, port:int|None=None, share:bool=False, host:str='127.0.0.1', delete_cache:tuple|None=CACHE_LIFE,
          **kwargs) -> 'gradio.Blocks':
-    """Serve the page for `learn` at http://`host`:`port` (default: the first free port from 7860) and return the
-    Gradio app: inline in Jupyter; from a script it serves until interrupted. `delete_cache` as in `demo_app`;
-    `kwargs` go to Gradio's `launch` (uploads are limited to `MAX_UPLOAD` unless `max_file_size` says otherwise)"""
+    """Serve the page for `learn` at http://`host`:`port` (default: the first free from 7860), inline in Jupyter, until
+    interrupted from a script; returns the app. `kwargs` go to Gradio's `launch` (`max_file_size`: `MAX_UPLOAD`)"""
     gr = import_gradio()
     app = demo_app(learn, delete_cache=delete_cache)
     if port is not None: check_port(host, port)
@@ -286,8 +273,9 @@ import os
 from fastai_binary_digits import demo, load_model_file
 
 learn = load_model_file({model!r})
-# On a Space, Gradio's GRADIO_SERVER_NAME opens the page to the Space's network; on your own machine it stays on 127.0.0.1
-demo(learn, host=os.environ.get('GRADIO_SERVER_NAME', '127.0.0.1'), port=int(os.environ.get('GRADIO_SERVER_PORT', 7860)))
+# On a Space, Gradio's GRADIO_SERVER_NAME opens the page to the Space's network; on your machine it stays on 127.0.0.1
+demo(learn, host=os.environ.get('GRADIO_SERVER_NAME', '127.0.0.1'),
+     port=int(os.environ.get('GRADIO_SERVER_PORT', 7860)))
 '''
 
 _README = '''---
@@ -313,7 +301,7 @@ Run it on your machine: `pip install -r requirements.txt && python app.py`, then
 
 
 def _requirements(gradio_version:str|None) -> list:
-    "The package's own dependencies, from its installed metadata or, in a checkout that is not installed, its pyproject.toml"
+    "The package's own dependencies, from its installed metadata or (a checkout not installed) its pyproject.toml"
     from importlib.metadata import PackageNotFoundError, requires
     try: reqs = requires('fastai-binary-digits') or []
     except PackageNotFoundError:
@@ -327,19 +315,21 @@ def _write_text(fn:Path, text:str):
 
 
 def write_space(model:str|Path, folder:str|Path) -> Path:
-    """Write `folder`, ready to deploy as a Gradio Space or to run with `python app.py`: app.py, requirements.txt, the
-    Space's README.md, the model file and this package's code. Returns the folder"""
+    """Write `folder`, ready to deploy as a Gradio Space or to run with `python app.py`: app.py, requirements.txt,
+    README.md, the model file and this package's code. Returns the folder"""
     from . import __version__
     from .learner import load_model_file
     src, dest = Path(model).expanduser(), Path(folder).expanduser()
     learn = load_model_file(src)  # refuses anything but a model of two digits, before a file is written
-    if dest.exists() and not dest.is_dir(): raise NotADirectoryError(f"The Space folder {folder} is a file; give a folder")
+    if dest.exists() and not dest.is_dir():
+        raise NotADirectoryError(f"The Space folder {folder} is a file; give a folder")
     ours = dest/'app.py'
     if dest.exists() and any(dest.iterdir()) and not (ours.exists() and ours.read_text().startswith(_SPACE_MARK)):
         raise BinaryDigitsError(f"The Space folder {folder} already holds other files; give a new or empty folder "
-                         "(a folder written by this command is updated in place)")
-    try: import gradio; gradio_version = gradio.__version__
-    except ModuleNotFoundError: gradio_version = None
+                                "(a folder written by this command is updated in place)")
+    try: import gradio
+    except ModuleNotFoundError: gradio = None
+    gradio_version = getattr(gradio, '__version__', None)
     code = dest/'fastai_binary_digits'
     code.mkdir(parents=True, exist_ok=True)
     for fn in sorted(Path(__file__).parent.glob('*.py')): _write_text(code/fn.name, fn.read_text())

@@ -1,7 +1,6 @@
-"""Reading only regular files (a FIFO or a device could be read forever), and writing files so that one already there
-is never left half-written: the cache, the sample, exports, report pictures"""
+"Reading only regular files (a FIFO or a device could be read forever); writing files that are never left half-written"
 from __future__ import annotations
-import os, stat, tempfile, time
+import os, secrets, stat, time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -43,27 +42,18 @@ def open_regular(fn:str|Path, what:str='file') -> BinaryIO:
     return f
 
 
-def _umask() -> int:
-    "The process's umask (reading it means setting it: set it back at once)"
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def atomic_path(fn:str|Path) -> Iterator[Path]:
-    """A temporary path beside `fn` for the block to write; once the block succeeds it is synced to disk and renamed
-    over `fn`, and on any error it is removed, leaving `fn` as it was. (fastcore's `atomic_save` hands out a file
-    object, which fastai's `export` cannot take, leaves the file private to its owner and does not sync it.)"""
+    """A temporary path beside `fn` for the block to write, synced and renamed over `fn` once the block succeeds,
+    removed on any error (fastcore's `atomic_save` hands out a file object, which fastai's `export` cannot take)"""
     fn = Path(fn)
-    fd, tmp = tempfile.mkstemp(dir=fn.parent, prefix=f'.{fn.name}.', suffix='.tmp')
-    os.close(fd)
+    tmp = fn.parent/f'.{fn.name}.{secrets.token_hex(6)}.tmp'
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # as `open` makes it: the umask applies
     try:
-        yield Path(tmp)
+        yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try: os.fsync(fd)
         finally: os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # as `open` would have made it (mkstemp makes it private)
         os.replace(tmp, fn)
     except BaseException:
         with suppress(OSError): os.unlink(tmp)

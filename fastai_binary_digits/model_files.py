@@ -1,6 +1,5 @@
-"""Model files that cannot run code: a learner's weights in safetensors with the few facts that rebuild it (the pair,
-the architecture, the loss, the image preparation) and its pair check; fastai's pickle export beside it, for trusted
-files only"""
+"""Model files that cannot run code: a learner's weights and pair check in safetensors, with the few facts that rebuild
+it (pair, architecture, loss, image preparation); fastai's pickle export beside it, for trusted files only"""
 from __future__ import annotations
 import hashlib, json, os
 from pathlib import Path
@@ -20,8 +19,7 @@ __all__ = ['export_binary_learner', 'read_model_file', 'load_pickle', 'check_mod
            'content_sha256', 'file_size', 'SAFE_SUFFIX', 'PICKLE_SUFFIX']
 
 FORMAT = 'fastai_binary_digits'  # the `format` entry of the metadata: a model file of this package
-FORMAT_VERSION = 2               # bumped whenever a file of the new layout could not be read by an older package
-# version 2 holds a pair check (tensors under 'pair_check.', metadata `pair_check`); a file without one is version 1
+FORMAT_VERSION = 2               # bumped when an older package cannot read the new layout; 2 adds the pair check
 SAFE_SUFFIX, PICKLE_SUFFIX = '.safetensors', '.pkl'
 LOSSES = {'mnist_loss': mnist_loss, 'log_loss': log_loss}  # the losses the safe format holds, by name
 MAX_HEADER = 100_000     # bytes of JSON header: ours are a few KB; a larger one is not a model file of this package
@@ -53,18 +51,17 @@ def existing_model_file(fname:str|Path) -> Path:
 
 def _same_structure(model:nn.Module, ref:nn.Module) -> bool:
     "Whether `model` is `ref` built again: the same module classes and settings, the same tensors' names and shapes"
-    mods, refs = list(model.modules()), list(ref.modules())
-    if len(mods) != len(refs) or any(type(m) is not type(r) or m.extra_repr() != r.extra_repr() for m, r in zip(mods, refs)):
-        return False
-    sd, rsd = model.state_dict(), ref.state_dict()
-    return list(sd) == list(rsd) and all(sd[k].shape == rsd[k].shape for k in sd)
+    mods, refs, sd, rsd = list(model.modules()), list(ref.modules()), model.state_dict(), ref.state_dict()
+    same = lambda m, r: type(m) is type(r) and m.extra_repr() == r.extra_repr()
+    return (len(mods) == len(refs) and all(map(same, mods, refs)) and list(sd) == list(rsd)
+            and all(sd[k].shape == rsd[k].shape for k in sd))
 
 
 def _export_error(what:str) -> BinaryDigitsError:
     return BinaryDigitsError(f"{what}, which the safe format cannot hold: it holds the built-in architectures "
-                             f"({', '.join(ARCHS)}) trained with {' or '.join(LOSSES)}. Export fastai's pickle instead, "
-                             "`learn.export('model.pkl')` (load it with `load_learner`, and share it only with people "
-                             "who trust you: loading a pickle runs code)")
+                             f"({', '.join(ARCHS)}) trained with {' or '.join(LOSSES)}. Export fastai's pickle "
+                             "instead, `learn.export('model.pkl')` (load it with `load_learner`, and share it only "
+                             "with people who trust you: loading a pickle runs code)")
 
 
 def _arch_name(model:nn.Module) -> str:
@@ -73,7 +70,8 @@ def _arch_name(model:nn.Module) -> str:
         ref = f()
         if _same_structure(model, ref): return name
         if type(model) is type(ref) and list(model.state_dict()) == list(ref.state_dict()):
-            raise _export_error(f"`learn.model` is a {type(model).__name__} like {name!r}, but with other sizes or settings")
+            raise _export_error(f"`learn.model` is a {type(model).__name__} like {name!r}, but with other sizes or "
+                                "settings")
     raise _export_error(f"`learn.model` is a custom {type(model).__name__}, not one of the built-in architectures")
 
 
@@ -81,20 +79,21 @@ def _facts(learn) -> dict:
     "The metadata that rebuilds `learn`: the pair in label order, the architecture, the loss, `prepare`, the version"
     from . import __version__
     arch = _arch_name(learn.model)
-    loss = next((n for n, l in LOSSES.items() if isinstance(learn.loss_func, BinaryLoss) and learn.loss_func.func is l.func), None)
-    if loss is None: raise _export_error(f"`learn.loss_func` is {learn.loss_func!r}")
+    lf = learn.loss_func
+    loss = next((n for n, l in LOSSES.items() if isinstance(lf, BinaryLoss) and lf.func is l.func), None)
+    if loss is None: raise _export_error(f"`learn.loss_func` is {lf!r}")
     vocab = getattr(learn.dls, 'vocab', None)
     try: pair = check_pair(vocab)
     except (TypeError, ValueError):
-        raise _export_error(f"`learn.dls.vocab` is {vocab!r}, not a pair of digits from `BinaryDigitsDataLoaders`") from None
+        raise _export_error(f"`learn.dls.vocab` is {vocab!r}, not a pair of digits from `BinaryDigitsDataLoaders`"
+                            ) from None
     version = FORMAT_VERSION if getattr(learn.dls, 'pair_check', None) is not None else 1  # 1: older packages read it
     return dict(format=FORMAT, format_version=str(version), pair=json.dumps(list(pair)), arch=arch, loss=loss,
                 prepare=json.dumps(bool(getattr(learn.dls, 'prepare', True))), package_version=__version__)
 
 
 def content_sha256(tensors:dict, metadata:dict) -> str:
-    """sha256 of a model file's content: its metadata (but the `sha256` entry) and, by name, each tensor's dtype, shape
-    and bytes; a byte changed anywhere, or two tensors' bytes swapped, changes it"""
+    "sha256 of a model file's metadata (but `sha256`) and each tensor's name, dtype, shape and bytes: any change shows"
     h = hashlib.sha256(json.dumps({k: v for k, v in metadata.items() if k != 'sha256'}, sort_keys=True).encode())
     for k in sorted(tensors):
         t = tensors[k].detach().to('cpu').contiguous()
@@ -104,8 +103,7 @@ def content_sha256(tensors:dict, metadata:dict) -> str:
 
 
 def file_size(arch:str, suffix:str=SAFE_SUFFIX, pair_check:bool=False) -> int:
-    """At most how many bytes the model file of a learner of the built-in `arch` takes: its tensors, and what goes along
-    (with `pair_check`, the check's too)"""
+    "At most how many bytes the model file of a learner of the built-in `arch` takes (with its `pair_check`'s tensors)"
     with torch.device('meta'): model = ARCHS[arch]()  # a skeleton: shapes and types, no data
     data = sum(t.numel()*t.element_size() for t in model.state_dict().values())
     if pair_check: data += PairCheck.size()
@@ -120,8 +118,7 @@ def export_binary_learner(learn, fname:str|Path='export.safetensors'):
         raise BinaryDigitsError(f"`fname` {str(fname)!r} must end in '.safetensors' for the safe format; for fastai's "
                                 "pickle use `learn.export('model.pkl')`")
     if rank_distrib(): return  # as fastai's `export`: only the main process writes
-    metadata = _facts(learn)
-    check = getattr(learn.dls, 'pair_check', None)
+    metadata, check = _facts(learn), getattr(learn.dls, 'pair_check', None)
     ref = ARCHS[metadata['arch']]().state_dict()
     tensors = {}
     for k, v in learn.model.state_dict().items():
@@ -149,32 +146,30 @@ def _looks_safe(head:bytes) -> bool:
     return head[8:9] == b'{' and int.from_bytes(head[:8], 'little') <= MAX_HEADER
 
 
-def _refuse_pickles(fn:Path, head:bytes):
-    "A clear error when `head`, a file's first bytes, start a zip archive (`torch.save`) or a pickle (protocols 2-5)"
-    if _looks_safe(head): return
-    if head.startswith(b'PK\x03\x04') or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
-        kind = "a zip archive, as `torch.save` and fastai's `learn.export` write" if head[:1] == b'P' else 'a pickle'
-        raise _content_error(fn, f"it holds {kind} (a pickle, which can run code when loaded, so it is never opened "
-                                 "from a '.safetensors' name). Only if it comes from someone you trust, rename it "
-                                 "to '.pkl' and load it as fastai's export")
-
-
 _SAFETENSORS_WORDS = {  # safetensors' own errors, in words that say what is wrong with the file
     'file not fully covered': "the tensors its header describes do not fill the file: it is truncated, or other "
                               "bytes follow them (two files joined?)",
     'invalid offset': "its header gives a tensor bytes that overlap another tensor or do not follow the tensor before",
-    'invalid shape, data type, or offset': "its header gives a tensor a shape and data type that do not match its bytes",
+    'invalid shape, data type, or offset': "its header gives a tensor a shape and data type that do not match its "
+                                           "bytes",
 }
 
 
 def _read_bytes(fn:Path) -> bytes:
-    "The bytes of the model file `fn`: a regular file (never a FIFO or a device) of at most `MAX_FILE` bytes"
+    "The bytes of the model file `fn`: a regular file (no FIFO or device) of at most `MAX_FILE` bytes, and no pickle"
     with open_regular(fn, 'model file') as f:
         size = os.fstat(f.fileno()).st_size
         data = f.read(MAX_FILE + 1) if size <= MAX_FILE else b''
     if size > MAX_FILE or len(data) > MAX_FILE:
         raise _content_error(fn, f"it is {max(size, len(data)):,} bytes long; a model file of this package is at most "
                                  f"{MAX_FILE:,} (its largest architecture's is about 1 MB): it is another kind of file")
+    head = data[:9]  # a zip archive (`torch.save`) or a pickle (protocols 2-5)?
+    if not _looks_safe(head) and (head.startswith(b'PK\x03\x04') or (len(head) > 1 and head[0] == 0x80 and
+                                                                    2 <= head[1] <= 5)):
+        kind = "a zip archive, as `torch.save` and fastai's `learn.export` write" if head[:1] == b'P' else 'a pickle'
+        raise _content_error(fn, f"it holds {kind} (a pickle, which can run code when loaded, so it is never opened "
+                                 "from a '.safetensors' name). Only if it comes from someone you trust, rename it "
+                                 "to '.pkl' and load it as fastai's export")
     return data
 
 
@@ -205,8 +200,8 @@ def _strict_json(fn:Path, text:str|bytes):
         raise _content_error(fn, f"its header is not valid JSON ({e}); the file is damaged: export it again") from None
 
 
-def _header(fn:Path, data:bytes) -> dict:
-    "The JSON header of the safetensors bytes `data`, after the checks of its size that need no parser"
+def _metadata(fn:Path, data:bytes) -> dict:
+    "The metadata in the JSON header of the safetensors bytes `data`, after the checks of its size that need no parser"
     if len(data) < 8: raise _content_error(fn, f"it is {len(data)} bytes long, too short for the 8-byte header size "
                                                 "(truncated or empty); export it again")
     n = int.from_bytes(data[:8], 'little')
@@ -214,10 +209,15 @@ def _header(fn:Path, data:bytes) -> dict:
         raise _content_error(fn, f"its first 8 bytes give a header of {n:,} bytes; a model file's header is a few KB "
                                  f"(at most {MAX_HEADER:,} bytes): is it another kind of file?")
     if 8 + n > len(data): raise _content_error(fn, f"it is truncated: its header alone claims {n:,} bytes, but the "
-                                                    f"file holds {len(data) - 8:,} after the header size; export it again")
+                                                    f"file holds {len(data) - 8:,} after the header size; export it "
+                                                    "again")
     header = _strict_json(fn, data[8:8+n])
     if not isinstance(header, dict): raise _content_error(fn, "its header is not a JSON object")
-    return header
+    meta = header.get('__metadata__', {})  # a JSON object of strings, as safetensors requires (or none: empty)
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _content_error(fn, "its `__metadata__` is not a JSON object of strings, as safetensors requires: the "
+                                 "file is damaged; export it again")
+    return meta
 
 
 def _tensors(fn:Path, data:bytes) -> dict:
@@ -231,22 +231,6 @@ def _tensors(fn:Path, data:bytes) -> dict:
         raise _content_error(fn, f"its tensors cannot be read ({type(e).__name__}: {e}); export it again") from None
 
 
-def _metadata(fn:Path, header:dict) -> dict:
-    "The metadata of a model file's `header`: a JSON object of strings, as safetensors requires (or none: empty)"
-    meta = header.get('__metadata__', {})
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise _content_error(fn, "its `__metadata__` is not a JSON object of strings, as safetensors requires: the "
-                                 "file is damaged; export it again")
-    return meta
-
-
-def _check_sha256(fn:Path, meta:dict, tensors:dict):
-    "A clear error when the content's checksum is not the one written with it (files written before checksums: none)"
-    if 'sha256' in meta and meta['sha256'] != content_sha256(tensors, meta):
-        raise _content_error(fn, "its content does not match its checksum (sha256): a byte of it was changed since it "
-                                 "was written (a damaged disk or copy?); export it again")
-
-
 def _read_metadata(fn:Path, meta) -> dict:
     "The checked facts in a model file's metadata: format version, pair, architecture, loss, prepare"
     from . import __version__
@@ -255,19 +239,22 @@ def _read_metadata(fn:Path, meta) -> dict:
                                  "but not one written by `learn.export('model.safetensors')`)")
     version = meta.get('format_version')
     if not (isinstance(version, str) and version.isdigit() and int(version) >= 1):
-        raise _content_error(fn, f"its format version is {version!r}; expected a whole number from 1 to {FORMAT_VERSION}")
+        raise _content_error(fn, f"its format version is {version!r}; expected a whole number from 1 to "
+                                 f"{FORMAT_VERSION}")
     if int(version) > FORMAT_VERSION:
         raise _content_error(fn, f"it is format version {version}, written by a newer fastai_binary_digits "
                                  f"({meta.get('package_version', 'unknown')}); this one ({__version__}) reads up to "
                                  f"version {FORMAT_VERSION}: upgrade the package")
     try: pair = check_pair(_strict_json(fn, meta['pair']))
     except (KeyError, ValueError):  # `BinaryDigitsError` is a `ValueError`
-        raise _content_error(fn, f"its `pair` is {meta.get('pair')!r}; expected two distinct digits 0-9 such as [4, 8]") from None
+        raise _content_error(fn, f"its `pair` is {meta.get('pair')!r}; expected two distinct digits 0-9 such as "
+                                 "[4, 8]") from None
     arch, loss, prepare = meta.get('arch'), meta.get('loss'), meta.get('prepare', 'true')
-    if arch not in ARCHS:
-        raise _content_error(fn, f"its architecture (`arch`) is {arch!r}; this package knows {', '.join(ARCHS)}")
-    if loss not in LOSSES: raise _content_error(fn, f"its `loss` is {loss!r}; this package knows {', '.join(LOSSES)}")
-    if prepare not in ('true', 'false'): raise _content_error(fn, f"its `prepare` is {prepare!r}; expected true or false")
+    for value, known, name in ((arch, ARCHS, 'architecture (`arch`)'), (loss, LOSSES, '`loss`')):
+        if value not in known:
+            raise _content_error(fn, f"its {name} is {value!r}; this package knows {', '.join(known)}")
+    if prepare not in ('true', 'false'):
+        raise _content_error(fn, f"its `prepare` is {prepare!r}; expected true or false")
     return dict(pair=pair, arch=arch, loss=LOSSES[loss], prepare=prepare == 'true')
 
 
@@ -286,7 +273,8 @@ def _model(fn:Path, arch:str, tensors:dict) -> nn.Module:
     model = ARCHS[arch]()
     for k, t in model.state_dict().items():
         if k in tensors and tensors[k].dtype != t.dtype:  # (`load_state_dict` would convert it)
-            raise _content_error(fn, f"its tensor {k!r} is {tensors[k].dtype}; the {arch!r} architecture needs {t.dtype}")
+            raise _content_error(fn, f"its tensor {k!r} is {tensors[k].dtype}; the {arch!r} architecture needs "
+                                     f"{t.dtype}")
     try: model.load_state_dict(tensors)
     except RuntimeError as e:  # PyTorch names each missing, extra and misshapen tensor
         why = ' '.join(str(e).split('\n')[1:]).replace('\t', '').strip()
@@ -303,10 +291,11 @@ def read_model_file(fname:str|Path) -> tuple:
         raise BinaryDigitsError(f"{fn} does not end in '.safetensors': `load_binary_learner` reads only the safe "
                                 "format; use `load_model_file` for either format")
     data = _read_bytes(fn)
-    _refuse_pickles(fn, data[:9])
-    meta = _metadata(fn, _header(fn, data))
+    meta = _metadata(fn, data)
     facts, tensors = _read_metadata(fn, meta), _tensors(fn, data)
-    _check_sha256(fn, meta, tensors)
+    if 'sha256' in meta and meta['sha256'] != content_sha256(tensors, meta):  # (files written before checksums: none)
+        raise _content_error(fn, "its content does not match its checksum (sha256): a byte of it was changed since it "
+                                 "was written (a damaged disk or copy?); export it again")
     facts['pair_check'] = _pair_check(fn, tensors, meta)
     return facts, _model(fn, facts['arch'], tensors)
 

@@ -722,7 +722,6 @@ def _check_rescued(err:str, out:Path, disk:Path|None, learn, rescue_dir:Path):
 @pytest.mark.parametrize('suffix', ['.safetensors', '.pkl'])
 def test_a_full_disk_after_training_keeps_the_model(suffix, small_disk, no_training, tmp_path, capsys, monkeypatch):
     "The room was there when training began and is gone when it ends (a real ENOSPC): the model goes elsewhere"
-    import fastai_binary_digits.cli as cli_mod
     rescue = tmp_path/'rescue'
     rescue.mkdir()
     monkeypatch.setattr(tempfile, 'tempdir', str(rescue))

@@ -293,7 +293,6 @@ class BarCheck:
     def __init__(self): self.calls = []
 
     def in_pair(self, x):
-        import torch
         self.calls.append((tuple(x.shape), x.dtype, float(x.min()), float(x.max())))
         bar = (x.view(-1, 28, 28) > 0.5).sum(2).max(1).values.float()  # the longest row of ink, pixels
         other = ((bar - 12)/2).sigmoid()

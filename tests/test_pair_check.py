@@ -1,7 +1,7 @@
 """The pair check for real: a model of two digits says 'neither' for MNIST's other digits, people's drawings of them and
 shapes that are no digit; everywhere an answer leaves the package; in both model files. On the full set (MNIST_IDX_DIR),
-the figures: `pytest tests/test_pair_check.py -k full -s` prints the per-digit and per-shape tables."""
-import copy, json, math, re, warnings
+the figures: `pytest tests/test_pair_check.py -k full -s -n 0` prints the per-digit and per-shape tables."""
+import copy, json, math, re
 
 import numpy as np
 import pytest

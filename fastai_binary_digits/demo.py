@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from fastai.torch_core import getcallable
+from fastcore.xtras import modified_env
 
 from .checks import BinaryDigitsError, check_port
 from .files import atomic_path
@@ -252,8 +253,11 @@ def demo(learn, port:int|None=None, share:bool=False, host:str='127.0.0.1', dele
     quiet, wait = kwargs.pop('quiet', False), not kwargs.pop('prevent_thread_lock', False)
     kwargs = {'theme': gr.themes.Default(), 'ssr_mode': False, 'mcp_server': False, 'pwa': False,
               'max_file_size': MAX_UPLOAD, **kwargs}
+    # Gradio checks the page it starts through httpx, which would ask a proxy set in the environment: never for it
+    local = ','.join(filter(None, (os.environ.get('no_proxy') or os.environ.get('NO_PROXY'), host, 'localhost')))
     # Gradio's own start-up lines name its `launch(share=True)`: these name this package's ways to ask for a link
-    app.launch(server_name=host, server_port=port, share=share, quiet=True, prevent_thread_lock=True, **kwargs)
+    with modified_env(no_proxy=local, NO_PROXY=local):
+        app.launch(server_name=host, server_port=port, share=share, quiet=True, prevent_thread_lock=True, **kwargs)
     if not quiet:
         print(f"* Running on local URL:  {app.local_url}")
         if not app.share: print("* To serve it through a public link too: --share on the command line, "

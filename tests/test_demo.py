@@ -108,15 +108,17 @@ def _demo_deps():
 
 @pytest.fixture(scope='module')
 def servers(models, tmp_path_factory):
-    """0 vs 1 served by `fastai-binary-digits demo MODEL --port N`; 4 vs 8 by the `app.py` of a Space folder that
-    `demo MODEL --space DIR` wrote, run as a Space runs it: `python app.py` in that folder. Both start at once."""
+    """0 vs 1 served by `fastai-binary-digits demo MODEL --port N` behind an unreachable proxy; 4 vs 8 by the `app.py`
+    of a Space folder that `demo MODEL --space DIR` wrote, run as a Space runs it: `python app.py` in that folder. Both
+    start at once."""
     _demo_deps()
     d01, d48 = tmp_path_factory.mktemp('server01'), tmp_path_factory.mktemp('server48')
     space = d48/'space'
     assert main(['demo', str(models[4, 8]), '--space', str(space)]) == 0
     p01, p48 = _free_port(), _free_port()
+    behind_a_proxy = {k: 'http://127.0.0.1:9' for k in ('http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY')}
     s01 = Server([sys.executable, '-m', 'fastai_binary_digits', 'demo', str(models[0, 1]), '--port', str(p01)],
-                 d01, d01, p01)
+                 d01, d01, p01, env={**behind_a_proxy, 'no_proxy': '', 'NO_PROXY': ''})  # a proxy it never needs
     # the Space's own copy of the package, not this checkout's, so the folder is proved to stand alone
     s48 = Server([sys.executable, 'app.py'], space, d48, p48, env={'GRADIO_SERVER_PORT': str(p48)})
     try:

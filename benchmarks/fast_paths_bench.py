@@ -2,8 +2,7 @@
 to fastai's own code, and with none (`fast=False`), timed in turns on the same data from the same initial weights.
 
 - dispatch: `FastLearner.__call__`/`_call_one`, skipping the callback calls proven to do nothing;
-- loader: `BinaryDigitsDL` serving slices of whole tensors, not fastai's item-by-item batches;
-- device: `FastLearner._set_device`, leaving batches already on the model's device as they are.
+- loader: `BinaryDigitsDL` serving slices of whole tensors, not fastai's item-by-item batches.
 Each row's ratio is against all the fast paths on (the median of the per-round ratios); every variant must end with
 the same weights, bitwise, or the script stops.
 
@@ -15,7 +14,7 @@ import argparse, contextlib, io
 
 from timing import in_turns, paired_ratio
 
-VARIANTS = ('all fast paths', 'fastai dispatch', 'fastai loader', "fastai's _set_device", 'none (fast=False)')
+VARIANTS = ('all fast paths', 'fastai dispatch', 'fastai loader', 'none (fast=False)')
 
 
 def learner(variant:str, args, dls_of):
@@ -26,9 +25,8 @@ def learner(variant:str, args, dls_of):
     if variant == 'fastai loader':
         for dl in dls.loaders: dl.fast = False
     learn = binary_learner(dls, arch=args.arch, seed=args.seed, fast=variant != 'none (fast=False)')
-    overrides = {'fastai dispatch': dict(__call__=Learner.__call__, _call_one=Learner._call_one),
-                 "fastai's _set_device": dict(_set_device=Learner._set_device)}.get(variant)
-    if overrides: learn.__class__ = type('Variant', (type(learn),), overrides)  # this learner only
+    if variant == 'fastai dispatch':  # this learner only
+        learn.__class__ = type('Variant', (type(learn),), dict(__call__=Learner.__call__, _call_one=Learner._call_one))
     return learn
 
 

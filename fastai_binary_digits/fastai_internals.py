@@ -32,7 +32,6 @@ MIRRORED = {  # name -> the fingerprints checked; add one after `tests/test_fast
     'fastai.learner.Learner._call_one': {'bbb59ee613f6'},
     'fastai.learner.Learner.__call__': {'bc5cea7f7d5a'},
     'fastai.learner.Learner.all_batches': {'330ddb4e6d85'},
-    'fastai.learner.Learner._set_device': {'7779bd23e6ba'},
     'fastai.torch_core.to_device': {'449306b53ebc'},
     'fastai.callback.core.Callback.__call__': {'5d2aa05f075b'},
     'fastai.torch_core.getcallable': {'7a7513adeeb4'},
@@ -172,11 +171,6 @@ class FastLearner(Learner):
     def _call_one(self, event_name:str):
         if self._fast() and type(self.cbs) is L: call_event(self, event_name)
         else: super()._call_one(event_name)
-
-    def _set_device(self, b):
-        "fastai's `_set_device` sends `b` where the model is (both its branches): where our batches already are"
-        if self._fast() and _on(b, next(self.model.parameters()).device): return b
-        return super()._set_device(b)
 
     def all_batches(self):
         "fastai's `all_batches`; a `fast=False` learner's loaders iterate as fastai's own"

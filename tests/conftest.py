@@ -1,7 +1,8 @@
 """Fixtures: the bundled sample, a staged FASTAI_HOME, and the full MNIST set when CI passes its location in, with the
 models trained on it (each once per test run). Under pytest-xdist (`-n`, pyproject.toml's default): one torch thread
 per worker, and the tests that share an expensive fixture on one worker, so that it is built once."""
-import os
+import os, signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,15 @@ def fast_paths_on():
     changed = changed_code()
     assert not changed, (f"fastai's (or torch's) {', '.join(changed)} changed: check the fast paths against it, then add "
                          "its fingerprint (`fastai_internals.fingerprint`) to `MIRRORED`")
+
+
+@contextmanager
+def time_limit(seconds:float, what:str='the block'):
+    "Raise `TimeoutError` in this (main) thread when the block runs longer than `seconds`: a hang fails, never waits"
+    def stop(*_): raise TimeoutError(f'{what} took more than {seconds} s')
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try: yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

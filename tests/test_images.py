@@ -1,7 +1,6 @@
 """The one door every image comes in by (`as_pil_image`): regular files only, the size bounded from the header before
 anything is decoded, and every failure to read a picture the package's `BinaryDigitsError` naming the file"""
-import os, random, signal, socket, struct, zlib
-from contextlib import contextmanager
+import os, random, socket, struct, zlib
 
 import numpy as np
 import pytest
@@ -10,18 +9,7 @@ from PIL import Image, ImageFile
 from fastai_binary_digits import BinaryDigitsError, prepare_digit
 from fastai_binary_digits.images import MAX_ASPECT, MAX_PIXELS, as_pil_image
 from fastai_binary_digits.prepare import digit_images
-
-
-@contextmanager
-def no_hang(seconds:float=20):
-    "Fail, rather than wait forever, should a read block (a FIFO opened for reading waits for a writer)"
-    def stop(*_): raise TimeoutError(f'blocked for {seconds} s')
-    old = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try: yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+from conftest import time_limit
 
 
 def png_header(w:int, h:int, bit_depth:int=8) -> bytes:
@@ -106,7 +94,7 @@ def test_fifos_sockets_and_devices_are_refused_before_opening(tmp_path):
     (tmp_path/'zero.png').symlink_to('/dev/zero')
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(tmp_path/'sock.png'))
-        with no_hang():
+        with time_limit(20, 'reading it'):
             for name, kind in [('fifo', r'a FIFO \(named pipe\)'), ('zero', 'a character device'),
                                ('sock', 'a socket')]:
                 with pytest.raises(BinaryDigitsError, match=rf"{name}.png is {kind}, not an image file: give a "
@@ -120,7 +108,7 @@ def test_test_dl_and_predict_go_through_the_same_door(sample_dls, tmp_path):
     os.mkfifo(tmp_path/'fifo.png')
     (tmp_path/'strip.png').write_bytes(png_header(4, 40_000_000))
     learn = binary_learner(sample_dls)
-    with no_hang():
+    with time_limit(20, 'reading it'):
         with pytest.raises(BinaryDigitsError, match='is a FIFO'): sample_dls.test_dl([tmp_path/'fifo.png'])
         with pytest.raises(BinaryDigitsError, match='160 megapixels'): learn.predict(tmp_path/'strip.png')
         with pytest.raises(BinaryDigitsError, match='160 megapixels'):
@@ -151,7 +139,7 @@ def test_damaged_pictures_are_the_packages_error_or_a_picture(tmp_path):
         fn = list(originals)[i % len(originals)]
         bad = tmp_path/f'bad{fn.suffix}'
         bad.write_bytes(_mutate(originals[fn], r))
-        with no_hang():
+        with time_limit(20, 'reading it'):
             try: im = as_pil_image(bad)
             except BinaryDigitsError as e:
                 assert str(bad) in str(e), str(e)

@@ -1,14 +1,14 @@
 """Seeded mutations of a real model file, each loaded under a time limit: every one is refused with the package's
 `BinaryDigitsError`, or loads exactly the file's own facts and weights (a mutation the checks cannot see changed nothing
 that is used); none raises anything else, hangs, or loads something different"""
-import collections, json, random, re, signal
-from contextlib import contextmanager
+import collections, json, random, re
 
 import pytest
 import torch
 
 from fastai_binary_digits import BinaryDigitsDataLoaders, BinaryDigitsError, binary_learner
 from fastai_binary_digits.model_files import read_model_file
+from conftest import time_limit
 
 N_MUTATIONS = 1200  # at least 500, seeded: the same mutations on every run
 SEED = 21
@@ -147,18 +147,6 @@ def whitespace(b, r):
 
 MUTATIONS = [flip_header, flip_data, flip_size, truncate, append, huge_size, huge_string, deep, duplicate_key,
              bad_offsets, bad_number, bad_value, bad_shape, rename_or_remove, whitespace]
-
-
-@contextmanager
-def time_limit(seconds:float, what:str):
-    "Raise `TimeoutError` in this (main) thread when the block runs longer than `seconds`"
-    def stop(*_): raise TimeoutError(f'{what} took more than {seconds} s')
-    old = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try: yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def same_as_good(facts, model, good_facts, good_sd) -> bool:

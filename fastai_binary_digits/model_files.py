@@ -1,6 +1,4 @@
-"""Model files that cannot run code: a learner's weights and pair check in safetensors, with the few facts that rebuild
-it (pair, architecture, loss, image preparation); fastai's pickle export beside it, for trusted files only"""
-from __future__ import annotations
+"Safe model files (safetensors: weights, pair check, the facts that rebuild a learner); fastai's pickle, if trusted"
 import hashlib, json, os
 from pathlib import Path
 
@@ -49,12 +47,9 @@ def existing_model_file(fname:str|Path) -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 # Writing
 
-def _same_structure(model:nn.Module, ref:nn.Module) -> bool:
-    "Whether `model` is `ref` built again: the same module classes and settings, the same tensors' names and shapes"
-    mods, refs, sd, rsd = list(model.modules()), list(ref.modules()), model.state_dict(), ref.state_dict()
-    same = lambda m, r: type(m) is type(r) and m.extra_repr() == r.extra_repr()
-    return (len(mods) == len(refs) and all(map(same, mods, refs)) and list(sd) == list(rsd)
-            and all(sd[k].shape == rsd[k].shape for k in sd))
+def _structure(model:nn.Module) -> tuple:
+    "What makes `model` a built-in architecture: its modules' classes and settings, its tensors' names and shapes"
+    return [type(m) for m in model.modules()], repr(model), [(k, t.shape) for k, t in model.state_dict().items()]
 
 
 def _export_error(what:str) -> BinaryDigitsError:
@@ -68,7 +63,7 @@ def _arch_name(model:nn.Module) -> str:
     "The name in `ARCHS` of the built-in architecture `model` is, or the error that says why it is none"
     for name, f in ARCHS.items():
         ref = f()
-        if _same_structure(model, ref): return name
+        if _structure(model) == _structure(ref): return name
         if type(model) is type(ref) and list(model.state_dict()) == list(ref.state_dict()):
             raise _export_error(f"`learn.model` is a {type(model).__name__} like {name!r}, but with other sizes or "
                                 "settings")
@@ -134,9 +129,6 @@ def export_binary_learner(learn, fname:str|Path='export.safetensors'):
         tmp.write_bytes(save(tensors, metadata=metadata))  # Python's own write: a full disk is an `OSError` (ENOSPC)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Reading
-
 def _content_error(fn:Path, what:str) -> BinaryDigitsError:
     return BinaryDigitsError(f"Cannot load {fn} as a safetensors model file: {what}")
 
@@ -174,8 +166,7 @@ def _read_bytes(fn:Path) -> bytes:
 
 
 def _strict_json(fn:Path, text:str|bytes):
-    """`text` parsed as JSON by the rules of a model file's header: each key once (JSON leaves it to the reader which of
-    two counts), whole numbers only (no fractions, exponents, `Infinity` or `NaN`); a clear error otherwise"""
+    "`text` parsed as a model file's header: each key once, whole numbers only (no fractions, NaN...), or a clear error"
     def no_duplicates(pairs):
         d = {}
         for k, v in pairs:
@@ -238,7 +229,7 @@ def _read_metadata(fn:Path, meta) -> dict:
         raise _content_error(fn, "its metadata does not say `format: fastai_binary_digits` (it is a safetensors file, "
                                  "but not one written by `learn.export('model.safetensors')`)")
     version = meta.get('format_version')
-    if not (isinstance(version, str) and version.isdigit() and int(version) >= 1):
+    if not (isinstance(version, str) and version.isdecimal() and int(version) >= 1):
         raise _content_error(fn, f"its format version is {version!r}; expected a whole number from 1 to "
                                  f"{FORMAT_VERSION}")
     if int(version) > FORMAT_VERSION:
@@ -256,16 +247,6 @@ def _read_metadata(fn:Path, meta) -> dict:
     if prepare not in ('true', 'false'):
         raise _content_error(fn, f"its `prepare` is {prepare!r}; expected true or false")
     return dict(pair=pair, arch=arch, loss=LOSSES[loss], prepare=prepare == 'true')
-
-
-def _pair_check(fn:Path, tensors:dict, meta:dict) -> PairCheck|None:
-    "The pair check in a model file (its tensors taken out of `tensors`), None when it holds none, or a clear error"
-    if 'pair_check' not in meta:
-        if any(k.startswith(PREFIX) for k in tensors):
-            raise _content_error(fn, f"it holds tensors of a pair check ('{PREFIX}*') but no `pair_check` metadata")
-        return None
-    try: return PairCheck.from_state(tensors, meta['pair_check'])
-    except ValueError as e: raise _content_error(fn, str(e)) from None
 
 
 def _model(fn:Path, arch:str, tensors:dict) -> nn.Module:
@@ -296,7 +277,12 @@ def read_model_file(fname:str|Path) -> tuple:
     if 'sha256' in meta and meta['sha256'] != content_sha256(tensors, meta):  # (files written before checksums: none)
         raise _content_error(fn, "its content does not match its checksum (sha256): a byte of it was changed since it "
                                  "was written (a damaged disk or copy?); export it again")
-    facts['pair_check'] = _pair_check(fn, tensors, meta)
+    facts['pair_check'] = None
+    if 'pair_check' in meta:
+        try: facts['pair_check'] = PairCheck.from_state(tensors, meta['pair_check'])  # takes its tensors out
+        except ValueError as e: raise _content_error(fn, str(e)) from None
+    elif any(k.startswith(PREFIX) for k in tensors):
+        raise _content_error(fn, f"it holds tensors of a pair check ('{PREFIX}*') but no `pair_check` metadata")
     return facts, _model(fn, facts['arch'], tensors)
 
 

@@ -1,7 +1,6 @@
 "`binary_learner`: a fastai `Learner` for a pair of digits, with the book's loss, metric and optimizer; and its files"
-from __future__ import annotations
 import random
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -48,7 +47,7 @@ class BinaryLearner(FastLearner):
         target:float=0.99,            # share of the pair's validation digits that must pass
         seed:int|None=None,           # seed the initial weights and the shuffling
         quiet:bool=False,             # train without fastai's progress bars and table
-    ) -> BinaryLearner:
+    ) -> 'BinaryLearner':
         """Train `check_net` on the pair's digits against MNIST's other eight (`pair_check_dls`), calibrated so that
         `target` of the pair pass; sets `learn.pair_check` (the model is untouched), returns the check's own learner"""
         learn = binary_learner(dls or pair_check_dls(self.dls), check_net, loss_func=log_loss, opt_func=Adam, seed=seed)
@@ -90,10 +89,7 @@ class BinaryLearner(FastLearner):
         _, _, preds = self.get_preds(dl=[b], with_decoded=True)
         return dl.show_results(b, preds, max_n=max_n, **kwargs)
 
-    @contextmanager
-    def distrib_ctx(self, *args, **kwargs):
-        "fastai's `distrib_ctx` (Accelerate and DDP), on CPU backends (gloo) too"
-        with distrib_ctx(self, *args, **kwargs) as learn: yield learn
+    distrib_ctx = distrib_ctx  # fastai's `distrib_ctx` (Accelerate and DDP), on CPU backends (gloo) too
 
 
 def _not_in_pair(vocab, check:PairCheck, p:float) -> NotInPairError:
@@ -131,8 +127,8 @@ def _check_output(model:nn.Module, x:torch.Tensor):
         raise BinaryDigitsError(f"The model failed on a batch of shape {tuple(x.shape)} (flattened 28x28 digits): "
                                 f"{e}") from e
     finally: model.train(was_training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), 1):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (len(x), 1):
         raise BinaryDigitsError(f"The model must return one output per image, shape (bs, 1); on a batch of shape "
                                 f"{tuple(x.shape)} it returned {shape}")
 
@@ -156,20 +152,9 @@ def binary_learner(dls,
     model = get_model(arch)
     if device is not None: dls.to(device := check_device(device))
     else: device = getattr(dls, 'device', None) or check_device(None)
-    model.to(device)
-    _check_output(model, dls.train.dataset.x[:2].to(device))
+    _check_output(model.to(device), dls.train.dataset.x[:2].to(device))
     return BinaryLearner(dls, model, loss_func=loss_func, opt_func=opt_func, lr=lr, metrics=metrics, fast=fast,
                          **kwargs)
-
-
-def _empty_dls(pair:tuple, prepare:bool, path:Path, device) -> BinaryDigitsDataLoaders:
-    "Loaders of `pair` holding no images, as fastai's `export` leaves them: `test_dl`, `vocab` and decoding work"
-    vocab = CategoryMap(list(pair), sort=False)
-    empty = lambda: DigitsDataset(torch.empty(0, 28*28, device=device), torch.empty(0, 1, device=device), vocab)
-    dls = BinaryDigitsDataLoaders(BinaryDigitsDL(empty(), shuffle=True, device=device, do_setup=False),
-                                  BinaryDigitsDL(empty(), device=device, do_setup=False), path=path, device=device)
-    dls.prepare = prepare
-    return dls
 
 
 def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
@@ -177,10 +162,15 @@ def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
     it is run, everything is checked first; its `pair_check` is None when the file holds none (`--no-check`)"""
     facts, model = read_model_file(fname)
     device = torch.device('cpu') if cpu else default_device()
-    model.to(device).eval()
-    dls = _empty_dls(facts['pair'], facts['prepare'], Path(fname).expanduser().parent, device)
+    vocab = CategoryMap(list(facts['pair']), sort=False)
+    # loaders without images, as fastai's `export` leaves them: `test_dl`, `vocab` and decoding work
+    empty = lambda: DigitsDataset(torch.empty(0, 28*28, device=device), torch.empty(0, 1, device=device), vocab)
+    dls = BinaryDigitsDataLoaders(BinaryDigitsDL(empty(), shuffle=True, device=device, do_setup=False),
+                                  BinaryDigitsDL(empty(), device=device, do_setup=False),
+                                  path=Path(fname).expanduser().parent, device=device)
+    dls.prepare = facts['prepare']
     if facts['pair_check'] is not None: dls.pair_check = facts['pair_check'].to(device)
-    return BinaryLearner(dls, model, loss_func=facts['loss'], opt_func=SGD, metrics=batch_accuracy)
+    return BinaryLearner(dls, model.to(device).eval(), loss_func=facts['loss'], opt_func=SGD, metrics=batch_accuracy)
 
 
 def load_model_file(fname:str|Path, cpu:bool=True) -> Learner:

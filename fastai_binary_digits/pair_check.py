@@ -1,6 +1,4 @@
-"""The pair check: whether an image is one of the model's two digits, by a small CNN trained against MNIST's other
-eight (another digit) and the similarity to centroids of the pair's shapes (letters, scribbles), both calibrated"""
-from __future__ import annotations
+"The pair check: whether an image is one of the two digits, by a CNN against the other eight and the pair's shapes"
 import copy, json, math
 from functools import cache
 
@@ -91,7 +89,7 @@ class PairCheck:
         return ((p <= self.threshold) & (sim >= self.min_similarity)).to(x.device), p.to(x.device)
 
     @classmethod
-    def from_learner(cls, learn, target:float=0.99, seed:int=0) -> PairCheck:
+    def from_learner(cls, learn, target:float=0.99, seed:int=0) -> 'PairCheck':
         "The check of `fit_pair_check`'s `learn`, calibrated so that `target` of the pair's validation digits pass"
         (xt, yt), (xv, yv) = [(dl.dataset.x, dl.dataset.y.view(-1)) for dl in (learn.dls.train, learn.dls.valid)]
         z = shape_features(xt[yt == 0]).cpu()
@@ -111,7 +109,7 @@ class PairCheck:
         with torch.device('meta'): model = check_net()  # a skeleton: shapes and types, no data
         return sum(t.numel()*t.element_size() for t in model.state_dict().values()) + N_CENTROIDS*N_FREQ**2*2
 
-    def to(self, device) -> PairCheck:
+    def to(self, device) -> 'PairCheck':
         "This check with its model and centroids on `device`"
         self.model.to(device)
         self.centroids = self.centroids.to(device)
@@ -125,18 +123,19 @@ class PairCheck:
         return tensors, json.dumps(dict(threshold=self.threshold, min_similarity=self.min_similarity, **self.stats))
 
     @classmethod
-    def from_state(cls, tensors:dict, meta:str) -> PairCheck:
+    def from_state(cls, tensors:dict, meta:str) -> 'PairCheck':
         "The check that `state` wrote, each part checked; a `ValueError` saying what is wrong otherwise"
         try: facts = json.loads(meta, object_pairs_hook=_once, parse_constant=_no_constant)
         except ValueError as e:
             raise ValueError(f"its `pair_check` metadata is not JSON ({e}): {meta[:80]!r}") from None
-        nums = {k: facts.get(k) if isinstance(facts, dict) else None for k in ('threshold', 'min_similarity')}
-        for k, v in nums.items():
-            if not (type(v) in (int, float) and -1 <= v <= 1): raise ValueError(
-                f"its pair check's `{k}` is {v!r}; expected a number from -1 to 1")
+        if not isinstance(facts, dict): facts = {}
+        for k in ('threshold', 'min_similarity'):
+            if not (type(facts.get(k)) in (int, float) and -1 <= facts[k] <= 1):
+                raise ValueError(f"its pair check's `{k}` is {facts.get(k)!r}; expected a number from -1 to 1")
         c = tensors.pop(f'{PREFIX}centroids', None)
         if c is None or c.dtype != torch.float16 or c.ndim != 2 or c.shape[1] != N_FREQ**2 or not len(c):
-            raise ValueError(f"its pair check's centroids are {_describe(c)}; expected float16 (k, {N_FREQ**2})")
+            got = 'absent' if c is None else f'{c.dtype} of shape {tuple(c.shape)}'
+            raise ValueError(f"its pair check's centroids are {got}; expected float16 (k, {N_FREQ**2})")
         model = check_net()
         own = {k[len(PREFIX + 'model.'):]: tensors.pop(k) for k in list(tensors) if k.startswith(PREFIX + 'model.')}
         for k, t in model.state_dict().items():
@@ -147,7 +146,7 @@ class PairCheck:
             why = ' '.join(str(e).split()[1:])  # PyTorch names each missing, extra and misshapen tensor
             raise ValueError(f"its pair check's tensors are not the check's model: {why}") from None
         stats = {k: v for k, v in facts.items() if k in ('passed', 'flagged') and type(v) is float}
-        return cls(model, float(nums['threshold']), c, float(nums['min_similarity']), stats)
+        return cls(model, float(facts['threshold']), c, float(facts['min_similarity']), stats)
 
     def __repr__(self):
         seen = (f": on the validation images, {self.stats['passed']:.1%} of the pair's digits pass and "
@@ -163,10 +162,6 @@ def _once(pairs) -> dict:
 
 
 def _no_constant(s:str): raise ValueError(f"{s} is no number")
-
-
-def _describe(t) -> str:
-    return 'absent' if t is None else f'{t.dtype} of shape {tuple(t.shape)}'
 
 
 def _subset(images:Tensor, n:int, g:torch.Generator) -> Tensor:

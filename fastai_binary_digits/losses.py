@@ -1,5 +1,4 @@
 "The book's losses and metric for one output per image: `mnist_loss`, `log_loss`, `batch_accuracy`"
-from __future__ import annotations
 import torch
 from torch import Tensor
 
@@ -44,10 +43,9 @@ class BinaryLoss:
         self.__name__ = func.__name__.lstrip('_')
     def __call__(self, preds:Tensor, targets:Tensor) -> Tensor:
         res = self.func(*_flat_pair(preds, targets, self.__name__))
-        if self.reduction == 'mean': return res.mean()
-        if self.reduction == 'sum': return res.sum()
-        if self.reduction == 'none': return res
-        raise BinaryDigitsError(f"`reduction` must be 'mean', 'sum' or 'none', got {self.reduction!r}")
+        if self.reduction not in ('mean', 'sum', 'none'):
+            raise BinaryDigitsError(f"`reduction` must be 'mean', 'sum' or 'none', got {self.reduction!r}")
+        return res if self.reduction == 'none' else getattr(res, self.reduction)()
     def activation(self, x:Tensor) -> Tensor: return torch.sigmoid(_plain(x))
     def decodes(self, x:Tensor) -> Tensor: return (_plain(x) > 0.5).float()
     def __repr__(self): return f'{type(self).__name__}({self.__name__})'

@@ -1,5 +1,4 @@
 "Models that take flattened digits (bs, 784) and return one raw output per image (bs, 1)"
-from __future__ import annotations
 from torch import nn
 from fastai.layers import ConvLayer
 

@@ -1,5 +1,4 @@
 "The book's training loop from scratch: init, predict, loss, gradient, step, repeat; small enough to read in one go"
-from __future__ import annotations
 import torch
 from torch import Tensor
 

@@ -44,9 +44,6 @@ def existing_model_file(fname:str|Path) -> Path:
     return fn
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Writing
-
 def _structure(model:nn.Module) -> tuple:
     "What makes `model` a built-in architecture: its modules' classes and settings, its tensors' names and shapes"
     return [type(m) for m in model.modules()], repr(model), [(k, t.shape) for k, t in model.state_dict().items()]

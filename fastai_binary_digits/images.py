@@ -1,5 +1,4 @@
 "Any picture (a file, PIL image, array, tensor) as a PIL image: the one door in, its size bounded before decoding"
-from __future__ import annotations
 from pathlib import Path
 
 import numpy as np

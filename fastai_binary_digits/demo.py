@@ -17,6 +17,7 @@ __all__ = ['demo', 'demo_app', 'write_space']
 
 INSTALL = 'pip install "gradio>=6,<7" (in a clone of the repository: pip install -e ".[demo]")'  # adds Gradio
 NO_DIGIT = 'no digit found'  # what the page says for a drawing or an image that holds no digit
+NEITHER = 'Neither {0} nor {1}: this model only knows {0} and {1}'  # ... for a digit `pair_check` finds not of the pair
 CANVAS = 280                 # the canvas, pixels a side; the server draws the strokes again at this size
 BRUSH = 24                   # the brush's width, pixels of the canvas
 MAX_POINTS = 10_000          # a drawing of more points is refused: every request costs bounded time
@@ -28,12 +29,6 @@ _ZOOM = 6                    # the 28x28 picture is shown 6 times larger, pixels
 _GRADIO_ENV = {'GRADIO_ANALYTICS_ENABLED': 'False', 'HF_HUB_DISABLE_TELEMETRY': '1',  # no analytics, no version check
                # Gradio's queue tables its last 10,000 events after each one, for its monitoring page: 1,000, every 100
                'GRADIO_ANALYTICS_MAX_EVENTS': '1000', 'GRADIO_ANALYTICS_CACHE_FREQUENCY': '100'}
-
-
-def neither(vocab) -> str:
-    "What the page says when the learner's `pair_check` finds a digit that is not one of the pair"
-    a, b = vocab
-    return f"Neither {a} nor {b}: this model only knows {a} and {b}"
 
 
 def import_gradio():
@@ -179,7 +174,7 @@ class _Answers:
         if self.folder is None:  # the page's own folder, made on its first answer
             from gradio.utils import get_upload_folder
             self.folder = Path(tempfile.mkdtemp(prefix='fastai_binary_digits_', dir=get_upload_folder()))
-        return (r.probs if r.in_pair else neither(self.read.vocab)), _picture_file(r.x28, self.folder)
+        return (r.probs if r.in_pair else NEITHER.format(*self.read.vocab)), _picture_file(r.x28, self.folder)
 
     def draw(self, strokes):
         "The answer to the canvas's strokes (the pad's value)"

@@ -46,7 +46,7 @@ def atomic_path(fn:str|Path) -> Iterator[Path]:
     removed on any error (fastcore's `atomic_save` hands out a file object, which fastai's `export` cannot take)"""
     fn = Path(fn)
     tmp = fn.parent/f'.{fn.name}.{secrets.token_hex(6)}.tmp'
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # as `open` makes it: the umask applies
+    tmp.touch(exist_ok=False)  # made at once, never over another file; as `open` makes it, the umask applies
     try:
         yield tmp
         with open(tmp, 'rb') as f: os.fsync(f.fileno())

@@ -1,5 +1,4 @@
 "Build the bundled sample from the four original MNIST IDX files: `python -m fastai_binary_digits.build_sample IDX_DIR`"
-from __future__ import annotations
 import argparse, gzip, hashlib
 from pathlib import Path
 

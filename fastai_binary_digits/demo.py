@@ -1,7 +1,5 @@
-"""Draw a digit: a Gradio page (an optional extra; local unless asked) where a learner answers as a person draws,
-showing the 28x28 it received. The page's own canvas sends each stroke's points, which the server draws again."""
-from __future__ import annotations
-import contextlib, hashlib, io, math, os, shutil, sys, tempfile, threading, time
+"Draw a digit: a Gradio page (an optional extra; local unless asked), a learner answering each stroke, with its 28x28"
+import contextlib, hashlib, math, os, shutil, sys, tempfile, threading, time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,6 +17,7 @@ __all__ = ['demo', 'demo_app', 'write_space']
 
 INSTALL = 'pip install "gradio>=6,<7" (in a clone of the repository: pip install -e ".[demo]")'  # adds Gradio
 NO_DIGIT = 'no digit found'  # what the page says for a drawing or an image that holds no digit
+NEITHER = 'Neither {0} nor {1}: this model only knows {0} and {1}'  # ... for a digit `pair_check` finds not of the pair
 CANVAS = 280                 # the canvas, pixels a side; the server draws the strokes again at this size
 BRUSH = 24                   # the brush's width, pixels of the canvas
 MAX_POINTS = 10_000          # a drawing of more points is refused: every request costs bounded time
@@ -27,21 +26,14 @@ QUEUE_SIZE = 256             # requests waiting at most; more are told that the 
 WORKERS = 4                  # requests of each kind (strokes, uploads) answered at once: a slow one holds up no other
 CACHE_LIFE = (60, 600)       # every 60 s Gradio deletes the page's uploads and pictures older than 600 s
 _ZOOM = 6                    # the 28x28 picture is shown 6 times larger, pixels kept sharp
-
-
-def neither(vocab) -> str:
-    "What the page says when the learner's `pair_check` finds a digit that is not one of the pair"
-    a, b = vocab
-    return f"Neither {a} nor {b}: this model only knows {a} and {b}"
+_GRADIO_ENV = {'GRADIO_ANALYTICS_ENABLED': 'False', 'HF_HUB_DISABLE_TELEMETRY': '1',  # no analytics, no version check
+               # Gradio's queue tables its last 10,000 events after each one, for its monitoring page: 1,000, every 100
+               'GRADIO_ANALYTICS_MAX_EVENTS': '1000', 'GRADIO_ANALYTICS_CACHE_FREQUENCY': '100'}
 
 
 def import_gradio():
     "Gradio, its analytics off and its queue's bookkeeping light unless the user chose otherwise; or how to install it"
-    os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # no analytics and no version check from the demo
-    os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
-    # Gradio's queue tables its last 10,000 events after each one, for its monitoring page: 1,000, every 100 events
-    os.environ.setdefault('GRADIO_ANALYTICS_MAX_EVENTS', '1000')
-    os.environ.setdefault('GRADIO_ANALYTICS_CACHE_FREQUENCY', '100')
+    for k, v in _GRADIO_ENV.items(): os.environ.setdefault(k, v)
     try: import gradio
     except ModuleNotFoundError as e:
         if e.name != 'gradio': raise
@@ -82,11 +74,6 @@ class DigitReader:
         return Reading({str(a): 1-p, str(b): p}, x28, in_pair)
 
 
-def zoom(x28:np.ndarray, k:int=_ZOOM) -> np.ndarray:
-    "`x28` made `k` times larger with each pixel a `k`x`k` square, so the browser shows it sharp"
-    return np.kron(x28, np.ones((k, k), dtype=x28.dtype))
-
-
 def strokes_image(strokes) -> 'PIL.Image.Image':
     "The page's `strokes` (lists x0, y0, x1, y1, ... of canvas pixels) drawn as the canvas showed them, or an error"
     from PIL import Image, ImageDraw
@@ -109,11 +96,9 @@ def strokes_image(strokes) -> 'PIL.Image.Image':
 def _picture_file(x28:np.ndarray, folder:Path) -> str:
     "`x28`, made larger, as a PNG in `folder` named by its content, renamed into place: never rewritten as it is read"
     from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(zoom(x28)).save(buf, 'png')
-    fn = folder/f'{hashlib.sha1(buf.getvalue()).hexdigest()}.png'
+    fn = folder/f'{hashlib.sha1(x28.tobytes()).hexdigest()}.png'
     fd, tmp = tempfile.mkstemp(dir=folder, prefix='.', suffix='.png')
-    with os.fdopen(fd, 'wb') as f: f.write(buf.getvalue())
+    with os.fdopen(fd, 'wb') as f: Image.fromarray(x28).resize((28*_ZOOM, 28*_ZOOM), Image.NEAREST).save(f, 'png')
     os.replace(tmp, fn)  # a fresh file each time, so Gradio's `delete_cache` ages it from now
     return str(fn)
 
@@ -189,7 +174,7 @@ class _Answers:
         if self.folder is None:  # the page's own folder, made on its first answer
             from gradio.utils import get_upload_folder
             self.folder = Path(tempfile.mkdtemp(prefix='fastai_binary_digits_', dir=get_upload_folder()))
-        return (r.probs if r.in_pair else neither(self.read.vocab)), _picture_file(r.x28, self.folder)
+        return (r.probs if r.in_pair else NEITHER.format(*self.read.vocab)), _picture_file(r.x28, self.folder)
 
     def draw(self, strokes):
         "The answer to the canvas's strokes (the pad's value)"
@@ -266,7 +251,6 @@ def demo(learn, port:int|None=None, share:bool=False, host:str='127.0.0.1', dele
     return app
 
 
-# ---------------------------------------------------------------------------------------------------------------
 # A folder for a Gradio Space
 
 _SPACE_MARK = '# A Gradio Space written by `fastai-binary-digits demo MODEL --space DIR`'  # app.py's first line

@@ -1,5 +1,4 @@
 "Reading only regular files (a FIFO or a device could be read forever); writing files that are never left half-written"
-from __future__ import annotations
 import os, secrets, stat, time
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -34,12 +33,11 @@ def open_regular(fn:str|Path, what:str='file') -> BinaryIO:
         raise FileNotFoundError(f"{what.capitalize()} {fn} does not exist") from None
     _check_regular(fn, mode, what)
     fd = os.open(fn, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))  # no wait, should a FIFO have been put there since
-    f = os.fdopen(fd, 'rb')
     try: _check_regular(fn, os.fstat(fd).st_mode, what)
     except BaseException:
-        f.close()
+        os.close(fd)
         raise
-    return f
+    return os.fdopen(fd, 'rb')
 
 
 @contextmanager
@@ -48,12 +46,10 @@ def atomic_path(fn:str|Path) -> Iterator[Path]:
     removed on any error (fastcore's `atomic_save` hands out a file object, which fastai's `export` cannot take)"""
     fn = Path(fn)
     tmp = fn.parent/f'.{fn.name}.{secrets.token_hex(6)}.tmp'
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # as `open` makes it: the umask applies
+    tmp.touch(exist_ok=False)  # made at once, never over another file; as `open` makes it, the umask applies
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
+        with open(tmp, 'rb') as f: os.fsync(f.fileno())
         os.replace(tmp, fn)
     except BaseException:
         with suppress(OSError): os.unlink(tmp)

@@ -1,5 +1,4 @@
 "Any picture (a file, PIL image, array, tensor) as a PIL image: the one door in, its size bounded before decoding"
-from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ __all__ = ['as_pil_image']
 MAX_PIXELS = 50_000_000  # a phone's largest photos: larger pictures are refused from their header, never decoded
 MAX_ASPECT = 50          # nor is a strip: the longer side is at most this many times the shorter
 FORMATS = ('PNG', 'JPEG', 'GIF', 'BMP', 'TIFF', 'WEBP')  # the only readers PIL tries on a file (JPEG's reads MPO too)
-_DRAFT = 256  # JPEGs this many pixels or more on their longer side are decoded at 1/2, 1/4 or 1/8 of their size: fast
+_DRAFT = 256  # a JPEG is decoded at 1/2, 1/4 or 1/8 of its size (fast) where its longer side keeps this many pixels
 
 
 def check_image_size(size:tuple, what:str='The image'):
@@ -49,8 +48,7 @@ def _open(fn:Path):
         try:
             im = Image.open(f, formats=FORMATS)
             check_image_size(im.size, f"The image {fn}")
-            if max(im.size) >= 2*_DRAFT:  # JPEG only (`draft` does nothing for other formats)
-                im.draft(im.mode, tuple(max(1, n*_DRAFT//max(im.size)) for n in im.size))
+            im.draft(im.mode, tuple(max(1, n*_DRAFT//max(im.size)) for n in im.size))  # JPEG only: others ignore it
             im.load()
             ImageOps.exif_transpose(im, in_place=True)
             return _usable_mode(im)

@@ -1,5 +1,4 @@
 "Pictures: digits in a grid (`show_batch`, `show_results`, the top losses), what the model sees, what it learned"
-from __future__ import annotations
 from pathlib import Path
 
 import torch

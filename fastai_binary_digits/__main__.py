@@ -1,6 +1,4 @@
 "`python -m fastai_binary_digits`: the command line, as the `fastai-binary-digits` console script"
-import sys
-
 from .cli import main
 
-if __name__ == '__main__': sys.exit(main())
+if __name__ == '__main__': raise SystemExit(main())

@@ -1,10 +1,14 @@
 "Checks of a user's arguments, shared by the Python API and the command line: no torch or fastai needed to run them"
-from __future__ import annotations
 import numbers
+from pathlib import Path
 
-__all__ = ['BinaryDigitsError', 'ARCH_NAMES', 'check_pair', 'check_prepare', 'check_bs', 'check_device', 'check_port']
+__all__ = ['BinaryDigitsError', 'ARCH_NAMES', 'SAFE_SUFFIX', 'PICKLE_SUFFIX', 'check_pair', 'check_prepare', 'check_bs',
+           'check_device', 'check_port', 'check_model_suffix', 'existing_model_file']
 
 ARCH_NAMES = ('linear', 'simple', 'deep', 'cnn')  # the built-in architectures, in `models.ARCHS`' order
+SAFE_SUFFIX, PICKLE_SUFFIX = '.safetensors', '.pkl'
+_FORMATS = ("'.safetensors' (the safe format: weights and settings only, it cannot run code) or '.pkl' (fastai's "
+            "pickle export, which runs code when loaded: only from people you trust)")
 
 
 class BinaryDigitsError(ValueError):
@@ -75,3 +79,19 @@ def check_port(host:str, port:int|None=None):
             raise BinaryDigitsError(f"Cannot serve on {host} ({e.strerror}): give an address of this machine with "
                                     "`--host` (Python: `host=`), such as 127.0.0.1 (this machine only) or 0.0.0.0 "
                                     "(every network it is on)") from None
+
+
+def check_model_suffix(fname:str|Path, what:str='Model file') -> str:
+    "The suffix of `fname`, '.safetensors' or '.pkl' (in any case), or an error naming the two formats"
+    suffix = Path(fname).suffix.lower()
+    if suffix in (SAFE_SUFFIX, PICKLE_SUFFIX): return suffix
+    ends = f'ends in {Path(fname).suffix!r}' if suffix else 'has no suffix'
+    raise BinaryDigitsError(f"{what} {fname} {ends}: a model file ends in {_FORMATS}")
+
+
+def existing_model_file(fname:str|Path) -> Path:
+    "`fname` (`~` expanded), a model file that exists, or a clear error"
+    fn = Path(fname).expanduser()
+    if not fn.exists(): raise FileNotFoundError(f"Model file {fname} does not exist")
+    if not fn.is_file(): raise BinaryDigitsError(f"Model {fname} is not a file; give a model file ({_FORMATS})")
+    return fn

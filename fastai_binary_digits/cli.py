@@ -1,12 +1,10 @@
 """`fastai-binary-digits` (or `python -m fastai_binary_digits`): `train`, `predict`, `evaluate`, `demo`. Exit status 1
 when `predict` gave some image no digit, 2 on bad usage or input (one `error:` line, found before torch is imported)."""
-from __future__ import annotations
 import argparse, errno, json, os, shutil, sys, tempfile, textwrap, warnings
-from collections import Counter
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from .checks import ARCH_NAMES, BinaryDigitsError, check_port
+from .checks import ARCH_NAMES, BinaryDigitsError, check_model_suffix, check_port, existing_model_file
 
 __all__ = ['main']
 
@@ -16,26 +14,16 @@ N_WORST = 9  # digits in the grid of worst predictions
 CHUNK = 64   # images `predict` reads, prepares and answers at a time: its memory does not grow with their number
 MODEL_HELP = ("the learner written by `train --out`: a '.safetensors' file (safe), or fastai's '.pkl' pickle "
               "(it runs code when loaded: only from people you trust)")
-SUFFIXES = ('.safetensors', '.pkl')
 WHOLE = 'a whole number of at least 1'
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Arguments: one parser per command
-
-def _positive(kind, what:str):
-    "An argparse `type` that accepts a `kind` (int or float) above zero, with a message naming `what` was expected"
+def _positive(kind, what:str, most=None):
+    "An argparse `type` that accepts a `kind` (int or float) above zero (and at `most`), naming `what` was expected"
     def conv(s:str):
         with suppress(ValueError):
-            if (v := kind(s)) > 0: return v
+            if 0 < (v := kind(s)) and (most is None or v <= most): return v
         raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}")
     return conv
-
-
-def _port(s:str) -> int:
-    "An argparse `type` for a port number, 1 to 65535"
-    if s.isdigit() and 0 < int(s) < 65536: return int(s)
-    raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {s!r}")
 
 
 class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -125,7 +113,8 @@ def _add_demo(sub):
                  epilog="examples:\n  fastai-binary-digits demo model.safetensors --port 7860\n"
                         "  fastai-binary-digits demo model.safetensors --space my_space/   # then: cd my_space && "
                         "python app.py")
-    p.add_argument('--port', type=_port, help='the port to serve on (default: the first free one from 7860)')
+    p.add_argument('--port', type=_positive(int, 'a port number from 1 to 65535', 65535),
+                   help='the port to serve on (default: the first free one from 7860)')
     p.add_argument('--host', default='127.0.0.1', help="the address to serve on: 127.0.0.1 keeps the page on this "
                    "machine; an address of this machine on a network (or all of them) opens it to that network")
     p.add_argument('--share', action='store_true',
@@ -140,8 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         prog='fastai-binary-digits', formatter_class=_Help,
         description=textwrap.fill("Chapter 4 of the fastai book as a tool: train, use and evaluate a classifier of two "
                                   "MNIST digits. `fastai-binary-digits COMMAND --help` tells more.", 79),
-        epilog="examples:\n"
-               "  fastai-binary-digits train --sample --pair 4 8 --epochs 5 --report report/\n"
+        epilog="examples:\n  fastai-binary-digits train --sample --pair 4 8 --epochs 5 --report report/\n"
                "  fastai-binary-digits predict model.safetensors digit.png another.jpg\n"
                "  fastai-binary-digits evaluate model.safetensors --sample")
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
@@ -150,9 +138,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Checks of paths and values, before torch and fastai are imported
-
 def _check_pair(pair:list) -> tuple:
     a, b = pair
     if a == b or not (0 <= a <= 9 and 0 <= b <= 9):
@@ -160,21 +145,13 @@ def _check_pair(pair:list) -> tuple:
     return a, b
 
 
-def _check_suffix(value:str, flag:str):
-    suffix = Path(value).suffix
-    if suffix.lower() not in SUFFIXES:
-        ends = f"ends in {suffix!r}" if suffix else 'has no suffix'
-        raise BinaryDigitsError(f"{flag} {value} {ends}: a model file ends in '.safetensors' (the safe format) or "
-                                "'.pkl' (fastai's pickle)")
-
-
 def _model_file(value:str) -> str:
-    "The model file `value` names: a file (not a folder), its name ending in a model suffix, that exists"
-    path = Path(value).expanduser()
-    if path.is_dir(): raise BinaryDigitsError(f"Model {value} is not a file; give the file `train --out` wrote")
-    _check_suffix(value, 'Model file')  # before the advice to make it with `train --out`, which refuses other names
-    if not path.exists(): raise FileNotFoundError(f"Model file {value} does not exist; make one with "
-                                                  f"`fastai-binary-digits train --out {value}`")
+    "`value` if it names a model file that exists (a missing one's wrong suffix named first: `train --out` refuses it)"
+    try: existing_model_file(value)
+    except FileNotFoundError as e:
+        check_model_suffix(value)
+        raise FileNotFoundError(f"{e}; make one with `fastai-binary-digits train --out {value}`") from None
+    check_model_suffix(value)
     return value
 
 
@@ -202,34 +179,30 @@ def _size(n:int) -> str:
 def _existing(path:Path) -> Path: return next(p for p in (path, *path.parents) if p.exists())
 
 
-def _disk(path:Path) -> str:
-    "The disk that holds, or will hold, `path`, named by the folder it is mounted at"
-    path = _existing(path).resolve()
-    while not os.path.ismount(path): path = path.parent
-    return f"the disk mounted at {path}"
+def _disk(path:Path) -> tuple:
+    "The disk that holds, or will hold, `path`, named by the folder it is mounted at, and its free bytes"
+    mount = _existing(path).resolve()
+    while not os.path.ismount(mount): mount = mount.parent
+    return f"the disk mounted at {mount}", shutil.disk_usage(mount).free
 
 
 def _check_room(needs:list):
     "A clear error, before any work, when a disk lacks room: `needs` holds (path, bytes, flag, value) for each output"
-    disk = lambda path: _existing(path).stat().st_dev
-    on_disk = Counter()
-    for path, n, *_ in needs: on_disk[disk(path)] += n
+    dev = lambda path: _existing(path).stat().st_dev
     for path, _, flag, value in needs:
-        free, need = shutil.disk_usage(_existing(path)).free, on_disk[disk(path)]
+        (disk, free), need = _disk(path), sum(n for p, n, *_ in needs if dev(p) == dev(path))
         if free < need:
-            raise BinaryDigitsError(f"{flag} {value}: {_disk(path)} has {_size(free)} free, and what this command "
-                                    f"writes there needs about {_size(need)}: free some space there or choose another "
-                                    "place (nothing was done)")
+            raise BinaryDigitsError(f"{flag} {value}: {disk} has {_size(free)} free, and what this command writes "
+                                    f"there needs about {_size(need)}: free some space there or choose another place "
+                                    "(nothing was done)")
 
 
 def _write_failure(e:Exception, path:Path) -> str:
     "Why writing `path` failed, in words: a full disk is named, with the room left on it"
     if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT): return e.strerror or str(e)
-    return f"{_disk(path)} is full ({_size(shutil.disk_usage(_existing(path)).free)} free)"
+    disk, free = _disk(path)
+    return f"{disk} is full ({_size(free)} free)"
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Shared steps
 
 def _source(args) -> tuple:
     "`from_mnist`'s source arguments for `args`, and its name: fastai's MNIST, else the bundled sample, with a notice"
@@ -253,8 +226,8 @@ def _load_model(fn:str):
 def _loss_name(learn) -> str: return getattr(learn.loss_func, '__name__', type(learn.loss_func).__name__)
 
 
-def _report(learn, dl, folder:Path, what:str, with_loss:bool, done:str='') -> list:
-    "Write the report's PNGs for `learn` on the labelled `dl` (`what` images) into `folder`; a failed write says `done`"
+def _report(learn, dl, folder:Path, what:str, with_loss:bool, done:str='', file=None):
+    "Write the report's PNGs for `learn` on the labelled `dl` (`what` images) into `folder`; a failure says `done`"
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -284,7 +257,7 @@ def _report(learn, dl, folder:Path, what:str, with_loss:bool, done:str='') -> li
         raise OSError(f"Could not write the report into {folder}: {_write_failure(e, folder)}{done}") from e
     finally:
         for fig in figs.values(): plt.close(fig)
-    return [folder/REPORT_FILES[k] for k in figs]
+    for key in figs: print(f"Wrote {folder/REPORT_FILES[key]}", file=file)
 
 
 @contextmanager
@@ -299,13 +272,10 @@ def _bars_for_terminals():
     finally: fastprogress.NO_BAR, fastprogress.ConsoleProgressBar.fill = before
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Commands
-
 def _train(args) -> int:
     pair = _check_pair(args.pair)
     out, report = _out(args.out, '--out', folder=False), _out(args.report, '--report')  # before any data or training
-    _check_suffix(args.out, '--out')
+    check_model_suffix(args.out, '--out')
     with _bars_for_terminals(): return _fit_and_export(args, pair, out, report)
 
 
@@ -335,8 +305,7 @@ def _fit_and_export(args, pair:tuple, out:Path, report:Path|None) -> int:
         if check_dls is not None: _fit_pair_check(learn, check_dls, args.seed)
         _export(learn, out, args.arch)
         print(f"Exported the learner to {args.out}")
-        for fn in (_report(learn, dls.valid, report, 'validation', True, f' (the model is in {args.out})') if report
-                   else []): print(f"Wrote {fn}")
+        if report: _report(learn, dls.valid, report, 'validation', True, f' (the model is in {args.out})')
     return 0
 
 
@@ -366,15 +335,14 @@ def _export(learn, out:Path, arch:str):
 def _rescue(learn, out:Path) -> str:
     "Export `learn` where there is room, the temporary folder or the home folder; where it went, or that it is lost"
     for folder in dict.fromkeys((Path(tempfile.gettempdir()), Path.home())):
-        tmp = None
-        try:
+        with suppress(OSError, RuntimeError):  # no room there either: the next folder
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{out.stem}-', suffix=out.suffix)
             os.close(fd)
-            learn.export(Path(tmp))
+            try: learn.export(Path(tmp))
+            except (OSError, RuntimeError):
+                os.unlink(tmp)
+                raise
             return f"The trained model was written to {tmp} instead: move it where you want it, such as {out}"
-        except (OSError, RuntimeError):
-            if tmp is not None:
-                with suppress(OSError): os.unlink(tmp)
     return "The trained model could not be written anywhere else either: free some space and train again"
 
 
@@ -392,8 +360,7 @@ def _save_seen(x28, fn:str, out:Path, names:set):
 
 
 def _answer(fn:str, n:int, in_pair:bool, p:float, q:float, vocab, check, as_json:bool) -> bool:
-    """Print the answer for image `fn` holding `n` digits (`p`: the probability of vocab[1]; `q`: the pair check's that
-    it is another digit); whether it got a digit"""
+    "Print `fn`'s answer (`n` digits found; `p`: vocab[1]'s probability; `q`: another digit's); whether it got one"
     a, b = vocab
     digit, prob = (b, p) if p > 0.5 else (a, 1-p)
     answered = n == 1 and in_pair
@@ -474,8 +441,7 @@ def _evaluate(args) -> int:
             loss = float(learn.validate(dl=dl)[0])
             cm = ClassificationInterpretation.from_learner(learn, dl=dl).confusion_matrix()
         _print_evaluation(args, pair, source, float(cm.trace()/cm.sum()), loss, _loss_name(learn), cm)
-        for fn in (_report(learn, dl, report, 'testing', with_loss=False) if report else []):
-            print(f"Wrote {fn}", file=sys.stderr if args.json else sys.stdout)
+        if report: _report(learn, dl, report, 'testing', with_loss=False, file=sys.stderr if args.json else None)
     return 0
 
 
@@ -491,8 +457,6 @@ def _demo(args) -> int:
     demo(_load_model(args.model), port=args.port, share=args.share, host=args.host)
     return 0
 
-
-# ---------------------------------------------------------------------------------------------------------------
 
 def main(argv:list[str]|None=None) -> int:
     "Run the command line on `argv` (default: `sys.argv[1:]`); returns the exit status"

@@ -13,14 +13,13 @@ from fastai.learner import Learner
 from fastai.optimizer import SGD, Adam
 from fastai.torch_core import default_device, rank_distrib, set_seed
 
-from .checks import BinaryDigitsError, check_device
+from .checks import SAFE_SUFFIX, BinaryDigitsError, check_device, check_model_suffix, existing_model_file
 from .data import BinaryDigitsDataLoaders, BinaryDigitsDL, DigitsDataset
 from .distributed import distrib_ctx
 from .fastai_internals import FastLearner
 from .files import atomic_path
 from .losses import batch_accuracy, log_loss, mnist_loss
-from .model_files import (SAFE_SUFFIX, check_model_suffix, existing_model_file, export_binary_learner, load_pickle,
-                          read_model_file)
+from .model_files import export_binary_learner, load_pickle, read_model_file
 from .models import ARCHS
 from .pair_check import NotInPairError, PairCheck, check_net, pair_check_dls
 from .prepare import ManyDigitsError, NoDigitError

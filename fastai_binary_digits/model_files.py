@@ -7,41 +7,20 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save
 
-from .checks import BinaryDigitsError, check_pair
+from .checks import PICKLE_SUFFIX, SAFE_SUFFIX, BinaryDigitsError, check_pair, existing_model_file
 from .files import atomic_path, open_regular
 from .losses import BinaryLoss, log_loss, mnist_loss
 from .models import ARCHS
 from .pair_check import PREFIX, PairCheck
 
-__all__ = ['export_binary_learner', 'read_model_file', 'load_pickle', 'check_model_suffix', 'existing_model_file',
-           'content_sha256', 'file_size', 'SAFE_SUFFIX', 'PICKLE_SUFFIX']
+__all__ = ['export_binary_learner', 'read_model_file', 'load_pickle', 'content_sha256', 'file_size']
 
 FORMAT = 'fastai_binary_digits'  # the `format` entry of the metadata: a model file of this package
 FORMAT_VERSION = 2               # bumped when an older package cannot read the new layout; 2 adds the pair check
-SAFE_SUFFIX, PICKLE_SUFFIX = '.safetensors', '.pkl'
 LOSSES = {'mnist_loss': mnist_loss, 'log_loss': log_loss}  # the losses the safe format holds, by name
 MAX_HEADER = 100_000     # bytes of JSON header: ours are a few KB; a larger one is not a model file of this package
 MAX_FILE = 64*2**20      # bytes: the largest built-in model's file is about 1 MB; a larger file is refused unread
 MAX_DIGITS = 20          # the header's numbers are whole, of at most this many digits (a 64-bit size or offset)
-_FORMATS = ("'.safetensors' (the safe format: weights and settings only, it cannot run code; written by "
-            "`learn.export('model.safetensors')`) or '.pkl' (fastai's pickle export, `learn.export('model.pkl')`, "
-            "which runs code when loaded: only from people you trust)")
-
-
-def check_model_suffix(fname:str|Path, what:str='Model file') -> str:
-    "The suffix of `fname`, '.safetensors' or '.pkl' (in any case), or an error naming the two formats"
-    suffix = Path(fname).suffix.lower()
-    if suffix in (SAFE_SUFFIX, PICKLE_SUFFIX): return suffix
-    ends = f'ends in {Path(fname).suffix!r}' if suffix else 'has no suffix'
-    raise BinaryDigitsError(f"{what} {fname} {ends}: a model file ends in {_FORMATS}")
-
-
-def existing_model_file(fname:str|Path) -> Path:
-    "`fname` (`~` expanded), a model file that exists, or a clear error"
-    fn = Path(fname).expanduser()
-    if not fn.exists(): raise FileNotFoundError(f"Model file {fname} does not exist")
-    if not fn.is_file(): raise BinaryDigitsError(f"Model {fname} is not a file; give a model file ({_FORMATS})")
-    return fn
 
 
 def _structure(model:nn.Module) -> tuple:

@@ -1,5 +1,4 @@
 "`BinaryDigitsDataLoaders`: two MNIST digits as whole tensors, served to fastai by slicing"
-from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +92,7 @@ class BinaryDigitsDataLoaders(DataLoaders):
         cache:bool=True,              # cache decoded PNGs beside the data, so later loads skip the decoding
         prepare:bool=True,            # `test_dl` (so `predict`) makes each image look like MNIST's with `prepare_digit`
         **kwargs,
-    ) -> BinaryDigitsDataLoaders:
+    ) -> 'BinaryDigitsDataLoaders':
         "Load digits `pair` of MNIST as flattened 0..1 images, split into training and validation, held on `device`"
         pair, prepare, bs, device = check_pair(pair), check_prepare(prepare), check_bs(bs), check_device(device)
         _check_split(valid, valid_pct)

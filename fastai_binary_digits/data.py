@@ -23,8 +23,7 @@ def images_to_x(images:Tensor, device=None) -> Tensor:
     if flat.device.type != 'cpu' or (device is not None and torch.device(device).type != 'cpu'):
         return flat.to(device).float().div_(255)
     # numpy asks the OS for huge pages for large arrays: a fresh tensor's page faults would cost more than the copy
-    out = torch.from_numpy(np.empty(flat.shape, np.float32))
-    return out.copy_(flat).div_(255)
+    return torch.from_numpy(np.empty(flat.shape, np.float32)).copy_(flat).div_(255)
 
 
 def pair_tensors(digits:dict, pair) -> tuple:

@@ -34,8 +34,7 @@ class ManyDigitsError(NoDigitError):
 
 def is_prepared(a:np.ndarray) -> bool:
     "Whether `a` is already MNIST-like: 28x28, zero background, a 20-pixel box, centred (preparing it would blur it)"
-    if a.shape != (28, 28) or (a == 0).mean() < 0.5 or not a.any(): return False
-    if max(_crop(a).shape) != 20: return False
+    if a.shape != (28, 28) or (a == 0).mean() < 0.5 or not a.any() or max(_crop(a).shape) != 20: return False
     cy, cx = ndimage.center_of_mass(a.astype(np.float32))
     return abs(cy-14) <= 1 and abs(cx-14) <= 1
 

@@ -47,10 +47,9 @@ MIRRORED = {  # name -> the fingerprints checked; add one after `tests/test_fast
 
 def fingerprint(f) -> str:
     "A hash of the source of `f`, its comments and layout left out: a change of code, not of formatting"
-    skip = (tokenize.COMMENT, tokenize.NL)
     toks = tokenize.generate_tokens(io.StringIO(textwrap.dedent(inspect.getsource(f))).readline)
     code = ' '.join(tokenize.tok_name[t.type] if t.type in (tokenize.INDENT, tokenize.DEDENT) else t.string
-                    for t in toks if t.type not in skip)
+                    for t in toks if t.type not in (tokenize.COMMENT, tokenize.NL))
     return hashlib.sha1(code.encode()).hexdigest()[:12]
 
 
@@ -323,11 +322,10 @@ class BinaryDigitsDL(TfmdDL):
     def show_results(self, b, out, max_n:int=9, ctxs=None, show:bool=True, **kwargs):
         "Show `max_n` digits with their target and decoded prediction, green when right, red when wrong"
         if not show: return super().show_results(b, out, max_n=max_n, show=False)
-        x, p = b[0][:max_n], [int(q) for q in (out[0] if isinstance(out, (tuple, list)) else out)[:max_n]]
-        if len(b) < 2:  # unlabelled images (a `test_dl` of a person's own): the predictions alone
-            return show_digits(x, [str(self.vocab[q]) for q in p], suptitle='prediction', **kwargs)
-        y = [int(t) for t in b[1][:max_n]]
-        return show_digits(x, [f'{self.vocab[t]}/{self.vocab[q]}' for t, q in zip(y, p)], suptitle='target/prediction',
+        x, p = b[0][:max_n], [self.vocab[int(q)] for q in (out[0] if isinstance(out, (tuple, list)) else out)[:max_n]]
+        if len(b) < 2: return show_digits(x, [str(q) for q in p], suptitle='prediction', **kwargs)  # unlabelled
+        y = [self.vocab[int(t)] for t in b[1][:max_n]]
+        return show_digits(x, [f'{t}/{q}' for t, q in zip(y, p)], suptitle='target/prediction',
                            colors=['green' if t == q else 'red' for t, q in zip(y, p)], **kwargs)
 
 

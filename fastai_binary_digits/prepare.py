@@ -53,9 +53,9 @@ def _paper_blocks(a:np.ndarray, k:int, paper:np.ndarray) -> np.ndarray:
 def _edges(a:np.ndarray) -> np.ndarray: return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
 
 
-def _background(a:np.ndarray) -> tuple:
-    """The paper's colour at each pixel of `a` (H, W, C), and its `_shade`: a quadratic surface fitted to the blocks of
-    paper, plus what it misses (shadows) carried to the blocks of ink from the nearest paper, interpolated to pixels"""
+def _background(a:np.ndarray) -> np.ndarray|None:
+    """The paper's colour at each pixel of `a` (H, W, C): a quadratic surface fitted to the blocks of paper, plus what
+    it misses (shadows) carried to the blocks of ink from the nearest paper; None if its light varies as no shadow's"""
     h, w = a.shape[:2]
     k = max(2, min(h, w)//_BLOCKS)
     edges = _edges(a)
@@ -63,6 +63,8 @@ def _background(a:np.ndarray) -> tuple:
     paper = np.median(edges[light >= np.median(light)], axis=0)  # at the edges: their lighter half, beyond a shadow
     z = _paper_blocks(a, k, paper)
     keep = _paper_mask(z, paper)
+    inner = z.mean(-1)[2:-2, 2:-2][keep[2:-2, 2:-2]]  # (not along the edges: a stroke there passes for a shadow)
+    if len(inner) >= 6 and np.ptp(np.percentile(inner, (1, 99))) > _MAX_SHADE: return None
     yy, xx = np.mgrid[0:keep.shape[0], 0:keep.shape[1]].astype(np.float32)
     yy, xx = (yy+0.5)*k/h - 0.5, (xx+0.5)*k/w - 0.5  # block centres in -0.5..0.5
     A = np.stack([np.ones_like(yy), yy, xx, yy*yy, xx*xx, yy*xx], -1)
@@ -71,13 +73,7 @@ def _background(a:np.ndarray) -> tuple:
     surface = np.einsum('yxi,ic->yxc', A, coef)
     iy, ix = ndimage.distance_transform_edt(~keep, return_distances=False, return_indices=True)
     missed = ndimage.gaussian_filter((z - surface)[iy, ix], (1, 1, 0), mode='nearest')
-    return _upsample(np.where(keep[..., None], z, surface + missed), h, w, k), _shade(z, keep)
-
-
-def _shade(z:np.ndarray, keep:np.ndarray) -> float:
-    "How much the paper's light varies across the blocks of paper `z[keep]`, leaving out two blocks along each edge"
-    inner = z.mean(-1)[2:-2, 2:-2][keep[2:-2, 2:-2]]  # a stroke along an edge passes for a shadow there
-    return float(np.ptp(np.percentile(inner, (1, 99)))) if len(inner) >= 6 else 0.0
+    return _upsample(np.where(keep[..., None], z, surface + missed), h, w, k)
 
 
 def _upsample(blocks:np.ndarray, h:int, w:int, k:int) -> np.ndarray:
@@ -101,8 +97,8 @@ def _paper_mask(z:np.ndarray, paper:np.ndarray) -> np.ndarray:
 def _distance(a:np.ndarray) -> np.ndarray|None:
     """How far each pixel of `a` is from the paper there, in grey levels of lit paper (a shadow dims ink alike, so it
     is scaled back up); None when the light varies more than any shadow's (`_MAX_SHADE`): blobs of noise, no page"""
-    bg, shade = _background(a)
-    if shade > _MAX_SHADE: return None
+    bg = _background(a)
+    if bg is None: return None
     light = bg.mean(-1)
     gain = np.clip(np.percentile(light, 99)/np.maximum(light, 1), 1, _MAX_GAIN)
     return np.sqrt(((a - bg)**2).mean(-1))*gain

@@ -30,9 +30,8 @@ def read_idx(path:str|Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise BinaryDigitsError(f"{path} is not an IDX file (its first bytes are {data[:4]!r}, expected 0, 0, a type "
                                 "code and the number of dimensions)")
-    ndim = data[3]
+    ndim, dtype = data[3], np.dtype(_IDX_DTYPES[data[2]])
     shape = tuple(int.from_bytes(data[4+4*i:8+4*i], 'big') for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = 4 + 4*ndim + int(np.prod(shape))*dtype.itemsize
     if len(data) != expected:
         raise BinaryDigitsError(f"{path} is truncated or corrupt: its header declares shape {shape} ({expected:,} "

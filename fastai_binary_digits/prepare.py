@@ -94,16 +94,6 @@ def _paper_mask(z:np.ndarray, paper:np.ndarray) -> np.ndarray:
     return ~ink if (~ink).sum() >= 6 else np.ones_like(ink)
 
 
-def _distance(a:np.ndarray) -> np.ndarray|None:
-    """How far each pixel of `a` is from the paper there, in grey levels of lit paper (a shadow dims ink alike, so it
-    is scaled back up); None when the light varies more than any shadow's (`_MAX_SHADE`): blobs of noise, no page"""
-    bg = _background(a)
-    if bg is None: return None
-    light = bg.mean(-1)
-    gain = np.clip(np.percentile(light, 99)/np.maximum(light, 1), 1, _MAX_GAIN)
-    return np.sqrt(((a - bg)**2).mean(-1))*gain
-
-
 def _otsu(d:np.ndarray, top:float) -> float:
     "Otsu's threshold of the values `d` (0..`top`)"
     hist = np.bincount(np.minimum((d*(128/top)).astype(np.int32).ravel(), 127), minlength=128)
@@ -128,8 +118,11 @@ def ink_map(image) -> np.ndarray|None:
     a = np.asarray(im.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)  # less noise and JPEG artefacts
     if a.ndim == 2: a = a[..., None]
     elif (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]  # grey stored as RGB
-    d = _distance(a)
-    if d is None or d.max() < _MIN_CONTRAST: return None  # blobs; blank, one colour
+    bg = _background(a)
+    if bg is None: return None  # blobs of noise, no page
+    light = bg.mean(-1)  # `d`: how far from the paper, in grey levels of lit paper (a shadow dims ink too)
+    d = np.sqrt(((a - bg)**2).mean(-1))*np.clip(np.percentile(light, 99)/np.maximum(light, 1), 1, _MAX_GAIN)
+    if d.max() < _MIN_CONTRAST: return None  # blank, one colour
     t = _otsu(d, float(d.max()))
     ink = d > t
     if not ink.any() or ink.mean() > _MAX_INK: return None

@@ -67,14 +67,13 @@ def _decode_image(fn:str) -> np.ndarray:
     with open_regular(fn, 'image file') as f:
         try:
             with Image.open(f) as im:
-                if im.size != (28, 28):
-                    raise BinaryDigitsError(f"{fn} is {im.size[0]}x{im.size[1]}; MNIST images are 28x28. Remove it, or "
-                                            "resize it to 28x28 greyscale")
-                return np.asarray(im if im.mode == 'L' else im.convert('L'))
-        except BinaryDigitsError: raise
+                if im.size == (28, 28): return np.asarray(im if im.mode == 'L' else im.convert('L'))
+                size = im.size
         except Exception as e:  # PIL's decoders raise many kinds of errors on damaged files
             raise BinaryDigitsError(f"Could not decode the image {fn} ({e}); the file is corrupt or not an image: "
                                     "replace or remove it") from e
+    raise BinaryDigitsError(f"{fn} is {size[0]}x{size[1]}; MNIST images are 28x28. Remove it, or resize it to 28x28 "
+                            "greyscale")
 
 def _index(name:str) -> int:
     "The image's index in the original MNIST file, from its name (`<index>.png`), or -1"

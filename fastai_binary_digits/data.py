@@ -1,5 +1,4 @@
 "`BinaryDigitsDataLoaders`: two MNIST digits as whole tensors, served to fastai by slicing"
-from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,7 @@ def images_to_x(images:Tensor, device=None) -> Tensor:
     if flat.device.type != 'cpu' or (device is not None and torch.device(device).type != 'cpu'):
         return flat.to(device).float().div_(255)
     # numpy asks the OS for huge pages for large arrays: a fresh tensor's page faults would cost more than the copy
-    out = torch.from_numpy(np.empty(flat.shape, np.float32))
-    return out.copy_(flat).div_(255)
+    return torch.from_numpy(np.empty(flat.shape, np.float32)).copy_(flat).div_(255)
 
 
 def pair_tensors(digits:dict, pair) -> tuple:
@@ -93,7 +91,7 @@ class BinaryDigitsDataLoaders(DataLoaders):
         cache:bool=True,              # cache decoded PNGs beside the data, so later loads skip the decoding
         prepare:bool=True,            # `test_dl` (so `predict`) makes each image look like MNIST's with `prepare_digit`
         **kwargs,
-    ) -> BinaryDigitsDataLoaders:
+    ) -> 'BinaryDigitsDataLoaders':
         "Load digits `pair` of MNIST as flattened 0..1 images, split into training and validation, held on `device`"
         pair, prepare, bs, device = check_pair(pair), check_prepare(prepare), check_bs(bs), check_device(device)
         _check_split(valid, valid_pct)

@@ -1,6 +1,4 @@
-"""fastai's distributed training (`learn.distrib_ctx()`: Accelerate and DDP) on CPU backends (gloo) too, and a
-context for scripts and the command line that goes distributed only under `torchrun`"""
-from __future__ import annotations
+"fastai's `learn.distrib_ctx()` (Accelerate, DDP) on CPU backends (gloo) too, and one that needs `torchrun` to start"
 import atexit, hashlib, os
 from contextlib import contextmanager
 from importlib.util import find_spec

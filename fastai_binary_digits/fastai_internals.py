@@ -1,6 +1,4 @@
-"""All that reaches into fastai's internals, beside the line it mirrors: the event dispatch, the slicing loader, the
-CPU `DistributedDL` fix, and the guard turning them off when fastai is not the code checked (tests/test_fast_paths*)"""
-from __future__ import annotations
+"All that reaches into fastai's internals, each beside the fastai line it mirrors, and the guard that turns them off"
 import hashlib, inspect, io, textwrap, tokenize, warnings
 from pkgutil import resolve_name
 from contextlib import contextmanager
@@ -49,10 +47,9 @@ MIRRORED = {  # name -> the fingerprints checked; add one after `tests/test_fast
 
 def fingerprint(f) -> str:
     "A hash of the source of `f`, its comments and layout left out: a change of code, not of formatting"
-    skip = (tokenize.COMMENT, tokenize.NL)
     toks = tokenize.generate_tokens(io.StringIO(textwrap.dedent(inspect.getsource(f))).readline)
     code = ' '.join(tokenize.tok_name[t.type] if t.type in (tokenize.INDENT, tokenize.DEDENT) else t.string
-                    for t in toks if t.type not in skip)
+                    for t in toks if t.type not in (tokenize.COMMENT, tokenize.NL))
     return hashlib.sha1(code.encode()).hexdigest()[:12]
 
 
@@ -249,10 +246,6 @@ class BinaryDigitsDL(TfmdDL):
         hooks = [n for n in ('after_item', 'before_batch') if not (type(d.get(n)) is Pipeline and not d[n].fs)]
         return hooks + [n for n in self._item_methods if n in d or getattr(cls, n) is not getattr(DataLoader, n)]
 
-    def _own(self, *names) -> bool:
-        "Whether the methods `names` are this class's, neither given to the loader nor overridden"
-        return not any(n in self.__dict__ or getattr(type(self), n) is not getattr(BinaryDigitsDL, n) for n in names)
-
     def _slices(self) -> bool:
         "Whether slices of the tensors are the batches fastai's item-by-item `create_batches` would make"
         return (self._fast() and type(self.dataset) is DigitsDataset and self.bs is not None and self.indexed
@@ -296,7 +289,8 @@ class BinaryDigitsDL(TfmdDL):
         if isinstance(samps, range) and samps.step == 1 and 0 <= samps.start and samps.stop <= len(ds): take = None
         else:  # shuffled, or a share handed out by `DistributedDL`
             samps = samps if type(samps) is list else list(samps)
-            own = self._own('get_idxs', 'shuffle_fn', 'sample')
+            own = not any(n in self.__dict__ or getattr(type(self), n) is not getattr(BinaryDigitsDL, n)
+                          for n in ('get_idxs', 'shuffle_fn', 'sample'))  # indices ours: not given, not overridden
             if not (own or all(type(i) is int and 0 <= i < len(ds) for i in samps)):  # indices from a hook: as fastai
                 yield from super().create_batches(samps); return
             take = torch.as_tensor(samps, dtype=torch.long, device=ds.x.device)
@@ -328,11 +322,10 @@ class BinaryDigitsDL(TfmdDL):
     def show_results(self, b, out, max_n:int=9, ctxs=None, show:bool=True, **kwargs):
         "Show `max_n` digits with their target and decoded prediction, green when right, red when wrong"
         if not show: return super().show_results(b, out, max_n=max_n, show=False)
-        x, p = b[0][:max_n], [int(q) for q in (out[0] if isinstance(out, (tuple, list)) else out)[:max_n]]
-        if len(b) < 2:  # unlabelled images (a `test_dl` of a person's own): the predictions alone
-            return show_digits(x, [str(self.vocab[q]) for q in p], suptitle='prediction', **kwargs)
-        y = [int(t) for t in b[1][:max_n]]
-        return show_digits(x, [f'{self.vocab[t]}/{self.vocab[q]}' for t, q in zip(y, p)], suptitle='target/prediction',
+        x, p = b[0][:max_n], [self.vocab[int(q)] for q in (out[0] if isinstance(out, (tuple, list)) else out)[:max_n]]
+        if len(b) < 2: return show_digits(x, [str(q) for q in p], suptitle='prediction', **kwargs)  # unlabelled
+        y = [self.vocab[int(t)] for t in b[1][:max_n]]
+        return show_digits(x, [f'{t}/{q}' for t, q in zip(y, p)], suptitle='target/prediction',
                            colors=['green' if t == q else 'red' for t, q in zip(y, p)], **kwargs)
 
 

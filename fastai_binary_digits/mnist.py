@@ -1,5 +1,4 @@
 "Where the digits come from: fastai's `mnist_png` folders, the original IDX files, or the bundled sample."
-from __future__ import annotations
 import gzip, hashlib, os, warnings
 from array import array
 from pathlib import Path
@@ -31,9 +30,8 @@ def read_idx(path:str|Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise BinaryDigitsError(f"{path} is not an IDX file (its first bytes are {data[:4]!r}, expected 0, 0, a type "
                                 "code and the number of dimensions)")
-    ndim = data[3]
+    ndim, dtype = data[3], np.dtype(_IDX_DTYPES[data[2]])
     shape = tuple(int.from_bytes(data[4+4*i:8+4*i], 'big') for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = 4 + 4*ndim + int(np.prod(shape))*dtype.itemsize
     if len(data) != expected:
         raise BinaryDigitsError(f"{path} is truncated or corrupt: its header declares shape {shape} ({expected:,} "
@@ -69,14 +67,13 @@ def _decode_image(fn:str) -> np.ndarray:
     with open_regular(fn, 'image file') as f:
         try:
             with Image.open(f) as im:
-                if im.size != (28, 28):
-                    raise BinaryDigitsError(f"{fn} is {im.size[0]}x{im.size[1]}; MNIST images are 28x28. Remove it, or "
-                                            "resize it to 28x28 greyscale")
-                return np.asarray(im if im.mode == 'L' else im.convert('L'))
-        except BinaryDigitsError: raise
+                if im.size == (28, 28): return np.asarray(im if im.mode == 'L' else im.convert('L'))
+                size = im.size
         except Exception as e:  # PIL's decoders raise many kinds of errors on damaged files
             raise BinaryDigitsError(f"Could not decode the image {fn} ({e}); the file is corrupt or not an image: "
                                     "replace or remove it") from e
+    raise BinaryDigitsError(f"{fn} is {size[0]}x{size[1]}; MNIST images are 28x28. Remove it, or resize it to 28x28 "
+                            "greyscale")
 
 def _index(name:str) -> int:
     "The image's index in the original MNIST file, from its name (`<index>.png`), or -1"
@@ -86,23 +83,14 @@ def _index(name:str) -> int:
 def _list_folder(folder:Path):
     """The entries of `folder` and its fingerprint: each entry's name, size and modification time, as listed (a folder
     listed in another order is decoded again, never read from a stale cache)"""
-    entries = os.listdir(folder)
-    fd = os.open(folder, os.O_RDONLY)
-    try: stats = [os.stat(n, dir_fd=fd) for n in entries]
-    finally: os.close(fd)
-    h = hashlib.sha1('\0'.join(entries).encode())
-    h.update(array('q', [v for st in stats for v in (st.st_size, st.st_mtime_ns)]).tobytes())
-    return entries, h.hexdigest()
-
-def _image_names(entries) -> list:
-    "The image files among a folder's `entries`, in index order (as in the original file)"
-    return sorted((n for n in entries if n.lower().endswith(_IMAGE_EXTS)), key=lambda n: (_index(n) < 0, _index(n), n))
+    with os.scandir(folder) as it: stats = {e.name: e.stat() for e in it}
+    h = hashlib.sha1('\0'.join(stats).encode())
+    h.update(array('q', [v for st in stats.values() for v in (st.st_size, st.st_mtime_ns)]).tobytes())
+    return list(stats), h.hexdigest()
 
 def _decode_folder(folder:Path, names) -> torch.Tensor:
     "Decode the images `names` of `folder` into one uint8 tensor (n, 28, 28)"
-    out = np.empty((len(names), 28, 28), np.uint8)
-    for i, n in enumerate(names): out[i] = _decode_image(os.path.join(folder, n))
-    return torch.from_numpy(out)
+    return torch.from_numpy(np.stack([_decode_image(os.path.join(folder, n)) for n in names]))
 
 def _sha256(images:torch.Tensor, indices:torch.Tensor) -> str:
     "The checksum of a cache's tensors (`torch.load` does not check its zip's CRCs: a flipped byte would be served)"
@@ -133,7 +121,7 @@ def _load_png_digit(folder:Path, cache:bool=True):
     if cache:
         remove_stale_temporaries(cache_fn)  # left by a process killed while writing the cache
         if (hit := _read_cache(cache_fn, fingerprint)) is not None: return hit
-    names = _image_names(entries)
+    names = sorted((n for n in entries if n.lower().endswith(_IMAGE_EXTS)), key=lambda n: (_index(n) < 0, _index(n), n))
     if not names: raise FileNotFoundError(f"{folder} holds no images; expected one PNG per MNIST image")
     images, indices = _decode_folder(folder, names), torch.tensor([_index(n) for n in names], dtype=torch.int64)
     if cache:
@@ -156,14 +144,6 @@ def _load_png_split(root:Path, split:str, digits, cache:bool=True) -> dict:
 
 # Finding the data
 
-def _layout(path:Path):
-    "('png'|'idx', folder) for a folder in fastai's `mnist_png` layout or holding the IDX files, else None"
-    for p in (path, path/'mnist_png'):
-        if (p/'training').is_dir() and (p/'testing').is_dir(): return 'png', p
-    for p in (path, path/'raw', path/'MNIST'/'raw'):
-        if p.is_dir() and idx_file(p, 'train', 'images') and idx_file(p, 't10k', 'images'): return 'idx', p
-    return None
-
 def _fastai_mnist() -> Path:
     "fastai's `mnist_png`, from `FASTAI_HOME` when it is there, else downloaded by `untar_data`"
     from fastai.data.external import untar_data, URLs
@@ -182,13 +162,14 @@ def find_source(path:str|Path|None=None, sample:bool=False):
     path = Path(path).expanduser()
     if not path.exists(): raise FileNotFoundError(f"`path` {path} does not exist; give a folder holding mnist_png "
                                                   "(training/ and testing/) or the four MNIST IDX files")
-    found = _layout(path)
-    if found is None:
-        raise FileNotFoundError(f"{path} holds no MNIST data. Expected fastai's mnist_png layout "
-                                "(training/<digit>/*.png and testing/<digit>/*.png) or the four IDX files "
-                                "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                                "t10k-labels-idx1-ubyte, plain or .gz)")
-    return found
+    for p in (path, path/'mnist_png'):  # fastai's `mnist_png` layout
+        if (p/'training').is_dir() and (p/'testing').is_dir(): return 'png', p
+    for p in (path, path/'raw', path/'MNIST'/'raw'):  # the IDX files, as they are or as torchvision keeps them
+        if p.is_dir() and idx_file(p, 'train', 'images') and idx_file(p, 't10k', 'images'): return 'idx', p
+    raise FileNotFoundError(f"{path} holds no MNIST data. Expected fastai's mnist_png layout "
+                            "(training/<digit>/*.png and testing/<digit>/*.png) or the four IDX files "
+                            "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                            "t10k-labels-idx1-ubyte, plain or .gz)")
 
 def load_digits(digits, split:str='training', path:str|Path|None=None, sample:bool=False, cache:bool=True) -> dict:
     "`{digit: (images, indices)}` for `digits` of `split` ('training' or 'testing'): uint8 (n, 28, 28) and int64 (n,)"

@@ -1,6 +1,4 @@
-"""`prepare_digit`: any picture of a digit made MNIST-like by MNIST's own procedure (find the ink, crop it, fit it in
-20x20, centre its mass in 28x28); pictures holding no digit (blank, one colour, noise, a dot or a dash) give `None`."""
-from __future__ import annotations
+"`prepare_digit`: any picture of a digit made MNIST-like by MNIST's procedure (crop the ink, fit 20x20, centre by mass)"
 import numpy as np
 from scipy import ndimage
 
@@ -36,9 +34,7 @@ class ManyDigitsError(NoDigitError):
 
 def is_prepared(a:np.ndarray) -> bool:
     "Whether `a` is already MNIST-like: 28x28, zero background, a 20-pixel box, centred (preparing it would blur it)"
-    if a.shape != (28, 28) or (a == 0).mean() < 0.5 or not a.any(): return False
-    rows, cols = np.flatnonzero(a.any(1)), np.flatnonzero(a.any(0))
-    if max(rows[-1]-rows[0], cols[-1]-cols[0]) + 1 != 20: return False
+    if a.shape != (28, 28) or (a == 0).mean() < 0.5 or not a.any() or max(_crop(a).shape) != 20: return False
     cy, cx = ndimage.center_of_mass(a.astype(np.float32))
     return abs(cy-14) <= 1 and abs(cx-14) <= 1
 
@@ -57,21 +53,18 @@ def _paper_blocks(a:np.ndarray, k:int, paper:np.ndarray) -> np.ndarray:
 def _edges(a:np.ndarray) -> np.ndarray: return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
 
 
-def _edge_paper(a:np.ndarray) -> np.ndarray:
-    "The paper's colour at the picture's edges: the median of their lighter half, beyond a side's shadow"
-    edges = _edges(a)
-    light = edges.sum(-1)
-    return np.median(edges[light >= np.median(light)], axis=0)
-
-
-def _background(a:np.ndarray) -> tuple:
-    """The paper's colour at each pixel of `a` (H, W, C), and its `_shade`: a quadratic surface fitted to the blocks of
-    paper, plus what it misses (shadows) carried to the blocks of ink from the nearest paper, interpolated to pixels"""
+def _background(a:np.ndarray) -> np.ndarray|None:
+    """The paper's colour at each pixel of `a` (H, W, C): a quadratic surface fitted to the blocks of paper, plus what
+    it misses (shadows) carried to the blocks of ink from the nearest paper; None if its light varies as no shadow's"""
     h, w = a.shape[:2]
     k = max(2, min(h, w)//_BLOCKS)
-    paper = _edge_paper(a)
+    edges = _edges(a)
+    light = edges.sum(-1)
+    paper = np.median(edges[light >= np.median(light)], axis=0)  # at the edges: their lighter half, beyond a shadow
     z = _paper_blocks(a, k, paper)
     keep = _paper_mask(z, paper)
+    inner = z.mean(-1)[2:-2, 2:-2][keep[2:-2, 2:-2]]  # (not along the edges: a stroke there passes for a shadow)
+    if len(inner) >= 6 and np.ptp(np.percentile(inner, (1, 99))) > _MAX_SHADE: return None
     yy, xx = np.mgrid[0:keep.shape[0], 0:keep.shape[1]].astype(np.float32)
     yy, xx = (yy+0.5)*k/h - 0.5, (xx+0.5)*k/w - 0.5  # block centres in -0.5..0.5
     A = np.stack([np.ones_like(yy), yy, xx, yy*yy, xx*xx, yy*xx], -1)
@@ -80,13 +73,7 @@ def _background(a:np.ndarray) -> tuple:
     surface = np.einsum('yxi,ic->yxc', A, coef)
     iy, ix = ndimage.distance_transform_edt(~keep, return_distances=False, return_indices=True)
     missed = ndimage.gaussian_filter((z - surface)[iy, ix], (1, 1, 0), mode='nearest')
-    return _upsample(np.where(keep[..., None], z, surface + missed), h, w, k), _shade(z, keep)
-
-
-def _shade(z:np.ndarray, keep:np.ndarray) -> float:
-    "How much the paper's light varies across the blocks of paper `z[keep]`, leaving out two blocks along each edge"
-    inner = z.mean(-1)[2:-2, 2:-2][keep[2:-2, 2:-2]]  # a stroke along an edge passes for a shadow there
-    return float(np.ptp(np.percentile(inner, (1, 99)))) if len(inner) >= 6 else 0.0
+    return _upsample(np.where(keep[..., None], z, surface + missed), h, w, k)
 
 
 def _upsample(blocks:np.ndarray, h:int, w:int, k:int) -> np.ndarray:
@@ -105,16 +92,6 @@ def _paper_mask(z:np.ndarray, paper:np.ndarray) -> np.ndarray:
     out = dist - ndimage.grey_opening(np.pad(dist, _SE, mode='edge'), _SE)[_SE:-_SE, _SE:-_SE]
     ink = ndimage.binary_dilation(out > max(_FLAT, 4.5*np.median(out)), np.ones((3, 3), bool))
     return ~ink if (~ink).sum() >= 6 else np.ones_like(ink)
-
-
-def _distance(a:np.ndarray) -> np.ndarray|None:
-    """How far each pixel of `a` is from the paper there, in grey levels of lit paper (a shadow dims ink alike, so it
-    is scaled back up); None when the light varies more than any shadow's (`_MAX_SHADE`): blobs of noise, no page"""
-    bg, shade = _background(a)
-    if shade > _MAX_SHADE: return None
-    light = bg.mean(-1)
-    gain = np.clip(np.percentile(light, 99)/np.maximum(light, 1), 1, _MAX_GAIN)
-    return np.sqrt(((a - bg)**2).mean(-1))*gain
 
 
 def _otsu(d:np.ndarray, top:float) -> float:
@@ -141,8 +118,11 @@ def ink_map(image) -> np.ndarray|None:
     a = np.asarray(im.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)  # less noise and JPEG artefacts
     if a.ndim == 2: a = a[..., None]
     elif (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]  # grey stored as RGB
-    d = _distance(a)
-    if d is None or d.max() < _MIN_CONTRAST: return None  # blobs; blank, one colour
+    bg = _background(a)
+    if bg is None: return None  # blobs of noise, no page
+    light = bg.mean(-1)  # `d`: how far from the paper, in grey levels of lit paper (a shadow dims ink too)
+    d = np.sqrt(((a - bg)**2).mean(-1))*np.clip(np.percentile(light, 99)/np.maximum(light, 1), 1, _MAX_GAIN)
+    if d.max() < _MIN_CONTRAST: return None  # blank, one colour
     t = _otsu(d, float(d.max()))
     ink = d > t
     if not ink.any() or ink.mean() > _MAX_INK: return None
@@ -173,20 +153,13 @@ def stroke_width(ink:np.ndarray) -> float:
     return float(2*e[ridge].mean() - 1)
 
 
-def _too_small(ink:np.ndarray) -> bool:
-    "Whether the ink is a dot or a short stroke: no longer than a few of its stroke widths, and small in the picture"
-    crop = _crop(ink)
-    return max(crop.shape) < min(_MIN_LENGTH*stroke_width(crop), _SMALL*min(ink.shape))
-
-
 def _restroke(crop:np.ndarray) -> np.ndarray:
     "`crop` with its strokes thickened or thinned into MNIST's range once scaled to 20 pixels (see `MNIST_STROKE`)"
     s, w = 20/max(crop.shape), stroke_width(crop)
     lo, mid, hi = MNIST_STROKE
     if w*s < lo:  # every pixel within `r` of the ink becomes ink, with a soft edge
         r = (mid/s - w)/2
-        p = int(np.ceil(r)) + 1
-        crop = np.pad(crop, p)
+        crop = np.pad(crop, int(np.ceil(r)) + 1)
         dist = ndimage.distance_transform_edt(crop < 0.5)
         return _crop(np.maximum(crop, np.clip(r + 0.5 - dist, 0, 1)).astype(np.float32))
     if w*s > hi:  # only pixels further than `r` inside the ink stay ink
@@ -197,18 +170,13 @@ def _restroke(crop:np.ndarray) -> np.ndarray:
     return crop
 
 
-def _fit_20(ink:np.ndarray) -> np.ndarray:
-    "The ink's bounding box scaled to fit a 20x20 box keeping its aspect ratio, anti-aliased (float32 0..1)"
+def _fit_28(crop:np.ndarray) -> np.ndarray:
+    "The ink's `crop` scaled to fit 20x20 (anti-aliased, aspect kept), its centre of mass at pixel (14, 14) of 28x28"
     from PIL import Image
-    crop = _restroke(_crop(ink))
-    h, w = crop.shape
-    s = 20/max(h, w)
-    size = (max(1, round(w*s)), max(1, round(h*s)))
-    return np.clip(np.asarray(Image.fromarray(crop).resize(size, Image.LANCZOS), dtype=np.float32), 0, 1)
-
-
-def _centre(digit:np.ndarray) -> np.ndarray:
-    "`digit` placed in a 28x28 image with its centre of mass at the centre (pixel 14, 14), as MNIST's"
+    crop = _restroke(crop)
+    s = 20/max(crop.shape)
+    size = (max(1, round(crop.shape[1]*s)), max(1, round(crop.shape[0]*s)))
+    digit = np.clip(np.asarray(Image.fromarray(crop).resize(size, Image.LANCZOS), dtype=np.float32), 0, 1)
     h, w = digit.shape
     cy, cx = ndimage.center_of_mass(digit)
     top, left = int(np.clip(round(14 - cy), 0, 28-h)), int(np.clip(round(14 - cx), 0, 28-w))
@@ -237,8 +205,10 @@ def _prepare(image) -> tuple:
         a = np.array(im)
         if is_prepared(a): return a, 1
     ink = ink_map(im)
-    if ink is None or _too_small(ink): return None, 0
-    return np.rint(_centre(_fit_20(ink))*255).astype(np.uint8), count_digits(ink)
+    if ink is None: return None, 0
+    crop = _crop(ink)  # a dot or a dash: no longer than a few of its stroke widths, and small in the picture
+    if max(crop.shape) < min(_MIN_LENGTH*stroke_width(crop), _SMALL*min(ink.shape)): return None, 0
+    return np.rint(_fit_28(crop)*255).astype(np.uint8), count_digits(ink)
 
 
 def prepare_digit(image) -> np.ndarray|None:
@@ -247,17 +217,13 @@ def prepare_digit(image) -> np.ndarray|None:
     return _prepare(image)[0]
 
 
-def _resized(o) -> np.ndarray:
-    "Any image resized whole to 28x28 greyscale: for pictures that are MNIST-like already"
-    from PIL import Image
-    im = as_pil_image(o).convert('L')
-    return np.asarray(im if im.size == (28, 28) else im.resize((28, 28), Image.BILINEAR))
-
-
 def digit_image(o, prepare:bool=True) -> tuple:
     "`o` as the 28x28 uint8 the model sees (or None: no digit), and how many digits it holds side by side (0, 1, more)"
+    from PIL import Image
     row = hasattr(o, 'shape') and hasattr(o, 'ndim') and o.ndim == 1 and o.shape[0] == 784  # as the loaders serve it
-    return (_resized(o), 1) if not prepare or row else _prepare(o)
+    if prepare and not row: return _prepare(o)
+    im = as_pil_image(o).convert('L')  # MNIST-like already: resized whole
+    return np.asarray(im if im.size == (28, 28) else im.resize((28, 28), Image.BILINEAR)), 1
 
 
 def digit_images(items, prepare:bool=True, counts:bool=False) -> tuple:

@@ -1,5 +1,5 @@
 "Where the digits come from: fastai's `mnist_png` folders, the original IDX files, or the bundled sample."
-import gzip, hashlib, os, warnings
+import gzip, hashlib, math, os, warnings
 from array import array
 from pathlib import Path
 
@@ -32,7 +32,7 @@ def read_idx(path:str|Path) -> np.ndarray:
                                 "code and the number of dimensions)")
     ndim, dtype = data[3], np.dtype(_IDX_DTYPES[data[2]])
     shape = tuple(int.from_bytes(data[4+4*i:8+4*i], 'big') for i in range(ndim))
-    expected = 4 + 4*ndim + int(np.prod(shape))*dtype.itemsize
+    expected = 4 + 4*ndim + math.prod(shape)*dtype.itemsize  # (np.prod would overflow)
     if len(data) != expected:
         raise BinaryDigitsError(f"{path} is truncated or corrupt: its header declares shape {shape} ({expected:,} "
                                 f"bytes) but the file holds {len(data):,} bytes")
@@ -78,7 +78,7 @@ def _decode_image(fn:str) -> np.ndarray:
 def _index(name:str) -> int:
     "The image's index in the original MNIST file, from its name (`<index>.png`), or -1"
     stem = name.rsplit('.', 1)[0]
-    return int(stem) if stem.isdigit() else -1
+    return int(stem) if stem.isdecimal() and stem.isascii() else -1
 
 def _list_folder(folder:Path):
     """The entries of `folder` and its fingerprint: each entry's name, size and modification time, as listed (a folder

@@ -278,6 +278,20 @@ def test_corrupt_idx_file(tmp_path):
     (tmp_path/'train-images-idx3-ubyte.gz').write_bytes(b'not gzip at all')
     with pytest.raises(ValueError, match=r'Could not read the IDX file'):
         BinaryDigitsDataLoaders.from_mnist(pair=(4, 8), path=tmp_path)
+    # a header whose sizes multiply past 64 bits (to 0 in int64 arithmetic) is refused in the package's words
+    (tmp_path/'huge-idx3-ubyte').write_bytes(bytes([0, 0, 8, 4]) + (65536).to_bytes(4, 'big')*4)
+    with pytest.raises(ValueError, match=r'truncated or corrupt: its header declares shape \(65536, 65536'):
+        read_idx(tmp_path/'huge-idx3-ubyte')
+
+
+def test_png_names_that_are_not_indices(sample_png, tmp_path):
+    "Images named by other than their index (even by Unicode digits such as '²') load, after the indexed ones"
+    root = _copy_png(sample_png, tmp_path/'mnist_png')
+    one = sorted((root/'training'/'4').glob('*.png'))[0]
+    shutil.copy(one, root/'training'/'4'/'².png')
+    shutil.copy(one, root/'training'/'4'/'extra.png')
+    digits = load_digits([4], path=root, cache=False)
+    assert digits[4][1][-2:].tolist() == [-1, -1] and len(digits[4][0]) == len(list((root/'training'/'4').iterdir()))
 
 
 @pytest.mark.parametrize('valid_pct', [0, 1, 1.5, -0.1, '0.2', None])

@@ -5,8 +5,7 @@ _API_MODULES = ('data', 'losses', 'models', 'learner', 'pair_check', 'plots', 'p
 
 
 def _load_api():
-    """Import the API, and with it fastai (its progress bars, schedules, ...), into this module: on first use of any of
-    its names or of `__all__` (PEP 562), so that `import fastai_binary_digits.cli` and `--help` need no fastai"""
+    "Import the API (and fastai) into this module on first use of its names (PEP 562): `--help` needs no fastai"
     import warnings
     from importlib import import_module
     with warnings.catch_warnings():  # fastai's layers call the deprecated `torch.jit.script` on import: not for users

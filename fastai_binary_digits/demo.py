@@ -303,8 +303,7 @@ def _write_text(fn:Path, text:str):
 
 
 def write_space(model:str|Path, folder:str|Path) -> Path:
-    """Write `folder`, ready to deploy as a Gradio Space or to run with `python app.py`: app.py, requirements.txt,
-    README.md, the model file and this package's code. Returns the folder"""
+    "Write `folder` as a Gradio Space (app.py, requirements.txt, README.md, the model, this package's code); returns it"
     from . import __version__
     from .learner import load_model_file
     src, dest = Path(model).expanduser(), Path(folder).expanduser()

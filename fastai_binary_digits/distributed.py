@@ -33,8 +33,7 @@ def _destroy(group):
 
 @contextmanager
 def distrib_ctx(learn:Learner, *args, **kwargs):
-    """fastai's `learn.distrib_ctx()`, on CPU backends (gloo) too; the group Accelerate started (never the user's) is
-    destroyed at exit, as gloo's threads left to interpreter shutdown can abort a run that trained well"""
+    "fastai's `learn.distrib_ctx()` on gloo too; the group it started is destroyed at exit, or gloo can abort the exit"
     require_accelerate()
     import fastai.distributed  # adds `Learner.distrib_ctx`
     before = _group()
@@ -66,8 +65,7 @@ def _check_same_data(dls):
 
 @contextmanager
 def distrib_ctx_if_launched(learn:Learner, **kwargs):
-    """`learn.distrib_ctx(**kwargs)` when launched by `torchrun` (`WORLD_SIZE` > 1), on GPUs or the CPU (gloo); else
-    nothing. The process group it started is destroyed on leaving; one the user made before stays up"""
+    "`learn.distrib_ctx(**kwargs)` under `torchrun` (GPUs or gloo), else nothing; destroys only the group it started"
     if num_distrib() <= 1:
         yield learn
         return
@@ -84,8 +82,7 @@ def distrib_ctx_if_launched(learn:Learner, **kwargs):
 
 @contextmanager
 def alone():
-    """The processes of a distributed run go on alone inside: fastai gathers predictions and metrics while `WORLD_SIZE`
-    is above 1, so it is 1 here (`rank_distrib()` still tells rank 0)"""
+    "Inside, a distributed run's processes go on alone: `WORLD_SIZE` is 1, so fastai gathers no predictions or metrics"
     before = os.environ.get('WORLD_SIZE')
     os.environ['WORLD_SIZE'] = '1'
     try: yield

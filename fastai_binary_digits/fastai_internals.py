@@ -8,9 +8,7 @@ from inspect import getattr_static
 
 import torch
 from torch import Tensor, nn
-from fastcore.basics import GetAttr, sorted_ex
-from fastcore.foundation import L
-from fastcore.meta import delegates
+from fastcore.all import GetAttr, L, delegates, sorted_ex
 from fastai.callback.core import Callback, event
 from fastai.data.core import Pipeline, TfmdDL
 from fastai.data.load import DataLoader

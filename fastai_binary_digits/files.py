@@ -42,8 +42,7 @@ def open_regular(fn:str|Path, what:str='file') -> BinaryIO:
 
 @contextmanager
 def atomic_path(fn:str|Path) -> Iterator[Path]:
-    """A temporary path beside `fn` for the block to write, synced and renamed over `fn` once the block succeeds,
-    removed on any error (fastcore's `atomic_save` hands out a file object, which fastai's `export` cannot take)"""
+    "A temporary path beside `fn`, synced and renamed over it on success, else removed (`export` takes no file object)"
     fn = Path(fn)
     tmp = fn.parent/f'.{fn.name}.{secrets.token_hex(6)}.tmp'
     tmp.touch(exist_ok=False)  # made at once, never over another file; as `open` makes it, the umask applies

@@ -157,8 +157,7 @@ def binary_learner(dls,
 
 
 def load_binary_learner(fname:str|Path, cpu:bool=True) -> BinaryLearner:
-    """The inference-ready learner in the safe model file `fname` (`learn.export('model.safetensors')`'s): nothing in
-    it is run, everything is checked first; its `pair_check` is None when the file holds none (`--no-check`)"""
+    "The inference-ready learner in the safe model file `fname`: nothing in it is run, everything is checked first"
     facts, model = read_model_file(fname)
     device = torch.device('cpu') if cpu else default_device()
     vocab = CategoryMap(list(facts['pair']), sort=False)

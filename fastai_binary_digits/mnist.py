@@ -81,8 +81,7 @@ def _index(name:str) -> int:
     return int(stem) if stem.isdecimal() and stem.isascii() else -1
 
 def _list_folder(folder:Path):
-    """The entries of `folder` and its fingerprint: each entry's name, size and modification time, as listed (a folder
-    listed in another order is decoded again, never read from a stale cache)"""
+    "`folder`'s entries, and a fingerprint of their names, sizes and times in listing order: any change decodes again"
     with os.scandir(folder) as it: stats = {e.name: e.stat() for e in it}
     h = hashlib.sha1('\0'.join(stats).encode())
     h.update(array('q', [v for st in stats.values() for v in (st.st_size, st.st_mtime_ns)]).tobytes())

@@ -82,8 +82,7 @@ def file_size(arch:str, suffix:str=SAFE_SUFFIX, pair_check:bool=False) -> int:
 
 
 def export_binary_learner(learn, fname:str|Path='export.safetensors'):
-    """Write `learn`'s weights and settings to `learn.path/fname` in the safe format (`safetensors`), atomically;
-    `learn.export(fname)` does this for a `fname` ending in '.safetensors'. Load it with `load_binary_learner`"""
+    "Write `learn` to `learn.path/fname` in the safe format, atomically, as `learn.export('model.safetensors')` does"
     from fastai.torch_core import rank_distrib
     if Path(fname).suffix.lower() != SAFE_SUFFIX:
         raise BinaryDigitsError(f"`fname` {str(fname)!r} must end in '.safetensors' for the safe format; for fastai's "
@@ -241,8 +240,7 @@ def _model(fn:Path, arch:str, tensors:dict) -> nn.Module:
 
 
 def read_model_file(fname:str|Path) -> tuple:
-    """The facts (`pair`, `arch`, `loss`, `prepare`, `pair_check`) and the model in the safe model file `fname`, each
-    checked before it is used: a pickle under a '.safetensors' name is refused unopened, never unpickled"""
+    "The facts and the model in the safe model file `fname`, all checked first: a pickle named so is never opened"
     fn = existing_model_file(fname)
     if fn.suffix.lower() != SAFE_SUFFIX:
         raise BinaryDigitsError(f"{fn} does not end in '.safetensors': `load_binary_learner` reads only the safe "

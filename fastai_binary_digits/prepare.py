@@ -227,8 +227,7 @@ def digit_image(o, prepare:bool=True) -> tuple:
 
 
 def digit_images(items, prepare:bool=True, counts:bool=False) -> tuple:
-    """Each of `items` as `digit_image` makes it (blank where no digit), and whether a digit was found (with `counts`,
-    how many); one item at a time, so memory does not grow with their number"""
+    "Each of `items` as `digit_image` makes it (blank: no digit), one at a time, and whether (`counts`: how many) found"
     images, digits = np.zeros((len(items), 28, 28), np.uint8), np.ones(len(items), np.int64)
     for i, o in enumerate(items):
         a, digits[i] = digit_image(o, prepare)

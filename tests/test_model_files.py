@@ -314,6 +314,7 @@ LIES = [  # (what, edit of the tensors `t` and metadata `m`, the error)
      rf"reads up to version {FORMAT_VERSION}: upgrade the package"),
     ('bad format version', _meta(format_version='one'), r"its format version is 'one'; expected a whole number from 1"),
     ('zero format version', _meta(format_version='0'), r"its format version is '0'"),
+    ('unicode digit format version', _meta(format_version='²'), r"its format version is '²'"),  # `isdigit` passes it, `int` refuses it
     ('no format version', _meta(format_version=None), r"its format version is None"),
     ('unknown arch', _meta(arch='resnet'),
      r"its architecture \(`arch`\) is 'resnet'; this package knows linear, simple, deep, cnn"),

@@ -34,7 +34,7 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
 
 def _command(sub, name:str, help:str, description:str, func, model=True, **kwargs) -> argparse.ArgumentParser:
-    "The parser of command `name`, which runs `func` (`kwargs` go to `add_parser`); with `model`, a model file first"
+    "The parser of `name`, which runs `func` (`kwargs` go to `add_parser`); with `model`, its first argument is MODEL"
     p = sub.add_parser(name, help=help, description=textwrap.fill(description, 79), formatter_class=_Help, **kwargs)
     p.set_defaults(func=func)
     if model: p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
@@ -158,9 +158,8 @@ def _out(value:str|None, flag:str, folder:bool=True) -> Path|None:
     anc = _existing(path if folder else path.parent)  # where a file will be made (`path` is absolute: its root exists)
     if not anc.is_dir(): raise NotADirectoryError(f"{flag} {value}: {anc} is a file, not a folder; choose another path")
     try: tempfile.TemporaryFile(dir=anc).close()  # trying is the only test that holds for root, read-only mounts, ACLs
-    except OSError as e:
-        raise PermissionError(f"{flag} {value}: cannot create files in {anc} ({e.strerror}); choose a folder you "
-                              "can write to") from None
+    except OSError as e: raise PermissionError(
+        f"{flag} {value}: cannot create files in {anc} ({e.strerror}); choose a folder you can write to") from None
     return path
 
 
@@ -183,10 +182,9 @@ def _check_room(needs:list):
     dev = lambda path: _existing(path).stat().st_dev
     for path, _, flag, value in needs:
         (disk, free), need = _disk(path), sum(n for p, n, *_ in needs if dev(p) == dev(path))
-        if free < need:
-            raise BinaryDigitsError(f"{flag} {value}: {disk} has {_size(free)} free, and what this command writes "
-                                    f"there needs about {_size(need)}: free some space there or choose another place "
-                                    "(nothing was done)")
+        if free < need: raise BinaryDigitsError(
+            f"{flag} {value}: {disk} has {_size(free)} free, and what this command writes there needs about "
+            f"{_size(need)}: free some space there or choose another place (nothing was done)")
 
 
 def _write_failure(e:Exception, path:Path) -> str:

@@ -17,11 +17,11 @@ MODEL_HELP = ("the learner written by `train --out`: a '.safetensors' file (safe
 WHOLE = 'a whole number of at least 1'
 
 
-def _positive(kind, what:str, most=None):
-    "An argparse `type` that accepts a `kind` (int or float) above zero (and at `most`), naming `what` was expected"
+def _positive(kind, what:str, most=float('inf')):
+    "An argparse `type` that accepts a `kind` (int or float) above zero and at `most`, naming `what` was expected"
     def conv(s:str):
         with suppress(ValueError):
-            if 0 < (v := kind(s)) and (most is None or v <= most): return v
+            if 0 < (v := kind(s)) <= most: return v
         raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}")
     return conv
 
@@ -33,10 +33,9 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
         return super()._get_help_string(action)
 
 
-def _command(sub, name:str, help:str, description:str, func, model=True, epilog=None) -> argparse.ArgumentParser:
-    "The parser of command `name`, which runs `func`; with `model`, its first argument is a model file"
-    p = sub.add_parser(name, help=help, description=textwrap.fill(description, 79), epilog=epilog,
-                       formatter_class=_Help)
+def _command(sub, name:str, help:str, description:str, func, model=True, **kwargs) -> argparse.ArgumentParser:
+    "The parser of `name`, which runs `func` (`kwargs` go to `add_parser`); with `model`, its first argument is MODEL"
+    p = sub.add_parser(name, help=help, description=textwrap.fill(description, 79), formatter_class=_Help, **kwargs)
     p.set_defaults(func=func)
     if model: p.add_argument('model', metavar='MODEL', help=MODEL_HELP)
     return p
@@ -138,13 +137,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_pair(pair:list) -> tuple:
-    a, b = pair
-    if a == b or not (0 <= a <= 9 and 0 <= b <= 9):
-        raise BinaryDigitsError(f"--pair {a} {b}: give two different digits from 0 to 9, such as --pair 3 7")
-    return a, b
-
-
 def _model_file(value:str) -> str:
     "`value` if it names a model file that exists (a missing one's wrong suffix named first: `train --out` refuses it)"
     try: existing_model_file(value)
@@ -166,9 +158,8 @@ def _out(value:str|None, flag:str, folder:bool=True) -> Path|None:
     anc = _existing(path if folder else path.parent)  # where a file will be made (`path` is absolute: its root exists)
     if not anc.is_dir(): raise NotADirectoryError(f"{flag} {value}: {anc} is a file, not a folder; choose another path")
     try: tempfile.TemporaryFile(dir=anc).close()  # trying is the only test that holds for root, read-only mounts, ACLs
-    except OSError as e:
-        raise PermissionError(f"{flag} {value}: cannot create files in {anc} ({e.strerror}); choose a folder you "
-                              "can write to") from None
+    except OSError as e: raise PermissionError(
+        f"{flag} {value}: cannot create files in {anc} ({e.strerror}); choose a folder you can write to") from None
     return path
 
 
@@ -191,10 +182,9 @@ def _check_room(needs:list):
     dev = lambda path: _existing(path).stat().st_dev
     for path, _, flag, value in needs:
         (disk, free), need = _disk(path), sum(n for p, n, *_ in needs if dev(p) == dev(path))
-        if free < need:
-            raise BinaryDigitsError(f"{flag} {value}: {disk} has {_size(free)} free, and what this command writes "
-                                    f"there needs about {_size(need)}: free some space there or choose another place "
-                                    "(nothing was done)")
+        if free < need: raise BinaryDigitsError(
+            f"{flag} {value}: {disk} has {_size(free)} free, and what this command writes there needs about "
+            f"{_size(need)}: free some space there or choose another place (nothing was done)")
 
 
 def _write_failure(e:Exception, path:Path) -> str:
@@ -213,7 +203,7 @@ def _source(args) -> tuple:
     except ConnectionError as e:
         cause = f' ({type(e.__cause__).__name__})' if e.__cause__ is not None else ''
         print(f"notice: fastai's MNIST is neither cached nor downloadable{cause}; using the bundled sample instead "
-              f"(--path DIR for a local copy)", file=sys.stderr, flush=True)
+              "(--path DIR for a local copy)", file=sys.stderr, flush=True)
         return dict(sample=True), 'the bundled sample'
 
 
@@ -236,10 +226,9 @@ def _report(learn, dl, folder:Path, what:str, with_loss:bool, done:str='', file=
     from .plots import plot_weights
     figs = {}
     if with_loss:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        figs['loss'], ax = plt.subplots(figsize=(6, 4))
         learn.recorder.plot_loss(skip_start=min(5, len(learn.recorder.losses)//4), ax=ax)
         ax.set_title(f'{_loss_name(learn)} per step: training, and validation after each epoch')
-        figs['loss'] = fig
     a, b = learn.dls.vocab
     with learn.no_bar():
         interp = ClassificationInterpretation.from_learner(learn, dl=dl)
@@ -273,10 +262,12 @@ def _bars_for_terminals():
 
 
 def _train(args) -> int:
-    pair = _check_pair(args.pair)
+    a, b = args.pair
+    if a == b or not (0 <= a <= 9 and 0 <= b <= 9):
+        raise BinaryDigitsError(f"--pair {a} {b}: give two different digits from 0 to 9, such as --pair 3 7")
     out, report = _out(args.out, '--out', folder=False), _out(args.report, '--report')  # before any data or training
     check_model_suffix(args.out, '--out')
-    with _bars_for_terminals(): return _fit_and_export(args, pair, out, report)
+    with _bars_for_terminals(): return _fit_and_export(args, (a, b), out, report)
 
 
 def _fit_and_export(args, pair:tuple, out:Path, report:Path|None) -> int:
@@ -286,8 +277,8 @@ def _fit_and_export(args, pair:tuple, out:Path, report:Path|None) -> int:
     from .learner import binary_learner
     from .model_files import file_size
     from .pair_check import pair_check_dls
-    _check_room([(out, file_size(args.arch, out.suffix, not args.no_check), '--out', args.out)] +
-                ([(report, REPORT_ROOM, '--report', args.report)] if report else []))  # before any data or training
+    size = file_size(args.arch, out.suffix, not args.no_check)  # checked for room before any data or training
+    _check_room([(out, size, '--out', args.out)] + ([(report, REPORT_ROOM, '--report', args.report)] if report else []))
     src, source = _source(args)
     dls = BinaryDigitsDataLoaders.from_mnist(pair=pair, valid=args.valid, seed=args.seed, bs=args.bs, **src)
     learn = binary_learner(dls, args.arch, lr=args.lr, seed=args.seed)
@@ -303,7 +294,7 @@ def _fit_and_export(args, pair:tuple, out:Path, report:Path|None) -> int:
     if rank_distrib(): return 0  # the other processes of a distributed run: rank 0 alone exports and reports
     with alone():
         if check_dls is not None: _fit_pair_check(learn, check_dls, args.seed)
-        _export(learn, out, args.arch)
+        _export(learn, out, size)
         print(f"Exported the learner to {args.out}")
         if report: _report(learn, dls.valid, report, 'validation', True, f' (the model is in {args.out})')
     return 0
@@ -320,14 +311,12 @@ def _fit_pair_check(learn, dls, seed:int|None):
           f"and {b}s pass and {st['flagged']:.1%} of the other digits are flagged (--no-check to skip it)")
 
 
-def _export(learn, out:Path, arch:str):
-    "`learn.export(out)`; should that fail (a full disk), the model is kept where there is room, the error says where"
-    from .model_files import file_size
+def _export(learn, out:Path, size:int):
+    "`learn.export(out)` (`size` bytes at most); should that fail (a full disk), the model is kept where there is room"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         learn.export(out)
     except (OSError, RuntimeError) as e:  # (torch's pickle writer raises a RuntimeError, 'file write failed')
-        size = file_size(arch, out.suffix, getattr(learn.dls, 'pair_check', None) is not None)
         if not isinstance(e, OSError) and shutil.disk_usage(_existing(out)).free >= size: raise
         raise OSError(f"Could not write {out}: {_write_failure(e, out)}. {_rescue(learn, out)}") from e
 
@@ -335,14 +324,12 @@ def _export(learn, out:Path, arch:str):
 def _rescue(learn, out:Path) -> str:
     "Export `learn` where there is room, the temporary folder or the home folder; where it went, or that it is lost"
     for folder in dict.fromkeys((Path(tempfile.gettempdir()), Path.home())):
-        with suppress(OSError, RuntimeError):  # no room there either: the next folder
+        with suppress(OSError):  # no file can be made there: the next folder
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{out.stem}-', suffix=out.suffix)
             os.close(fd)
             try: learn.export(Path(tmp))
-            except (OSError, RuntimeError):
-                os.unlink(tmp)
-                raise
-            return f"The trained model was written to {tmp} instead: move it where you want it, such as {out}"
+            except (OSError, RuntimeError): os.unlink(tmp)  # no room there either: the next folder
+            else: return f"The trained model was written to {tmp} instead: move it where you want it, such as {out}"
     return "The trained model could not be written anywhere else either: free some space and train again"
 
 
@@ -421,8 +408,7 @@ def _print_evaluation(args, pair, source:str, acc:float, loss:float, loss_name:s
     print(f"accuracy  {acc:.4f}\nloss      {loss:.4f} ({loss_name})")
     print("confusion matrix (rows: actual, columns: predicted)")
     w = max(6, len(str(cm.max())) + 2)
-    print(' '*4 + ''.join(f'{d:>{w}}' for d in pair))
-    for d, row in zip(pair, cm): print(f'{d:>4}' + ''.join(f'{n:>{w}}' for n in row))
+    for d, row in [('', pair), *zip(pair, cm)]: print(f'{d:>4}' + ''.join(f'{n:>{w}}' for n in row))
 
 
 def _evaluate(args) -> int:

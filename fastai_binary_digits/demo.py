@@ -1,10 +1,11 @@
 "Draw a digit: a Gradio page (an optional extra; local unless asked), a learner answering each stroke, with its 28x28"
-import contextlib, hashlib, math, os, shutil, sys, tempfile, threading, time
+import contextlib, hashlib, importlib, math, os, shutil, sys, tempfile, threading, time
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from fastai.torch_core import getcallable
 from fastcore.xtras import modified_env
 
@@ -74,9 +75,8 @@ class DigitReader:
         return Reading({str(a): 1-p, str(b): p}, x28, in_pair)
 
 
-def strokes_image(strokes) -> 'PIL.Image.Image':
+def strokes_image(strokes) -> Image.Image:
     "The page's `strokes` (lists x0, y0, x1, y1, ... of canvas pixels) drawn as the canvas showed them, or an error"
-    from PIL import Image, ImageDraw
     ok = isinstance(strokes, list) and len(strokes) <= MAX_POINTS and all(
         isinstance(s, list) and len(s) >= 2 and len(s) % 2 == 0 for s in strokes)
     if not ok or sum(map(len, strokes)) > 2*MAX_POINTS:
@@ -95,7 +95,6 @@ def strokes_image(strokes) -> 'PIL.Image.Image':
 
 def _picture_file(x28:np.ndarray, folder:Path) -> str:
     "`x28`, made larger, as a PNG in `folder` named by its content, renamed into place: never rewritten as it is read"
-    from PIL import Image
     fn = folder/f'{hashlib.sha1(x28.tobytes()).hexdigest()}.png'
     fd, tmp = tempfile.mkstemp(dir=folder, prefix='.', suffix='.png')
     with os.fdopen(fd, 'wb') as f: Image.fromarray(x28).resize((28*_ZOOM, 28*_ZOOM), Image.NEAREST).save(f, 'png')
@@ -314,9 +313,8 @@ def write_space(model:str|Path, folder:str|Path) -> Path:
     if dest.exists() and any(dest.iterdir()) and not (ours.exists() and ours.read_text().startswith(_SPACE_MARK)):
         raise BinaryDigitsError(f"The Space folder {folder} already holds other files; give a new or empty folder "
                                 "(a folder written by this command is updated in place)")
-    try: import gradio
-    except ModuleNotFoundError: gradio = None
-    gradio_version = getattr(gradio, '__version__', None)
+    try: gradio_version = importlib.import_module('gradio').__version__
+    except ModuleNotFoundError: gradio_version = None
     code = dest/'fastai_binary_digits'
     code.mkdir(parents=True, exist_ok=True)
     for fn in sorted(Path(__file__).parent.glob('*.py')): _write_text(code/fn.name, fn.read_text())

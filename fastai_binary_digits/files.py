@@ -28,10 +28,9 @@ def open_regular(fn:str|Path, what:str='file') -> BinaryIO:
     """`fn` opened for reading in binary if it is a regular file (`what`, such as 'image file', names it in errors);
     a folder, FIFO, device or socket is refused from its `stat`, before it is opened"""
     fn = Path(fn)
-    try: mode = os.stat(fn).st_mode
+    try: _check_regular(fn, os.stat(fn).st_mode, what)
     except (FileNotFoundError, NotADirectoryError):  # (the latter: a file where a folder of the path should be)
         raise FileNotFoundError(f"{what.capitalize()} {fn} does not exist") from None
-    _check_regular(fn, mode, what)
     fd = os.open(fn, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))  # no wait, should a FIFO have been put there since
     try: _check_regular(fn, os.fstat(fd).st_mode, what)
     except BaseException:

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .checks import BinaryDigitsError
 from .files import open_regular
@@ -28,7 +29,6 @@ def check_image_size(size:tuple, what:str='The image'):
 def as_pil_image(o):
     """`o` (a file path, PIL image, array or tensor) as a PIL image in mode 'L', 'LA', 'RGB' or 'RGBA', upright as its
     EXIF says, or a clear error; its size is checked first (`MAX_PIXELS`, `MAX_ASPECT`), for a file from its header"""
-    from PIL import Image
     if isinstance(o, (str, Path)): return _open(Path(o).expanduser())
     if hasattr(o, 'detach') and hasattr(o, 'cpu'): o = o.detach().cpu().numpy()  # a torch tensor
     if isinstance(o, np.ndarray): o = _array_image(o)
@@ -43,7 +43,6 @@ def as_pil_image(o):
 
 def _open(fn:Path):
     "The decoded image in file `fn`, upright, in a usable mode; its size checked from its header before decoding"
-    from PIL import Image, ImageOps, UnidentifiedImageError
     with open_regular(fn, 'image file') as f:
         try:
             im = Image.open(f, formats=FORMATS)
@@ -66,7 +65,6 @@ def _open(fn:Path):
 
 def _usable_mode(im):
     "`im` in mode 'L', 'LA', 'RGB' or 'RGBA' (16-bit and float greyscale scaled to 8 bits)"
-    from PIL import Image
     if im.mode in ('L', 'LA', 'RGB', 'RGBA'): return im
     if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
         a = np.array(im, dtype=np.float32)  # a copy of its own, scaled in place
@@ -84,7 +82,6 @@ def _to_uint8(a:np.ndarray, top:float) -> np.ndarray:
 
 def _array_image(o:np.ndarray):
     "A numpy array (HxW, HxWxC, CxHxW or 784 long; uint8, ints, bools or floats in 0..1 or 0..255) as a PIL image"
-    from PIL import Image
     a = o.reshape(28, 28) if o.ndim == 1 and o.size == 784 else o
     if a.ndim == 3 and a.shape[0] in (1, 2, 3, 4) and a.shape[-1] not in (1, 2, 3, 4): a = a.transpose(1, 2, 0)
     if a.ndim == 3 and a.shape[-1] == 1: a = a[..., 0]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .checks import BinaryDigitsError
 from .files import atomic_path, open_regular, remove_stale_temporaries
@@ -40,8 +41,7 @@ def read_idx(path:str|Path) -> np.ndarray:
 
 def idx_file(folder:Path, prefix:str, kind:str) -> Path|None:
     "The IDX file for `prefix` ('train' or 't10k') and `kind` ('images', 'labels', 'indices'), plain or .gz"
-    hits = sorted(folder.glob(f'{prefix}-{kind}[-.]idx*'))
-    return hits[0] if hits else None
+    return min(folder.glob(f'{prefix}-{kind}[-.]idx*'), default=None)  # the first by name: a plain file before its .gz
 
 def _load_idx_split(folder:Path, split:str, digits) -> dict:
     prefix = SPLITS[split]
@@ -63,7 +63,6 @@ def _load_idx_split(folder:Path, split:str, digits) -> dict:
 
 def _decode_image(fn:str) -> np.ndarray:
     "The 28x28 greyscale image in file `fn`, its size checked before it is decoded"
-    from PIL import Image
     with open_regular(fn, 'image file') as f:
         try:
             with Image.open(f) as im:
@@ -165,10 +164,9 @@ def find_source(path:str|Path|None=None, sample:bool=False):
         if (p/'training').is_dir() and (p/'testing').is_dir(): return 'png', p
     for p in (path, path/'raw', path/'MNIST'/'raw'):  # the IDX files, as they are or as torchvision keeps them
         if p.is_dir() and idx_file(p, 'train', 'images') and idx_file(p, 't10k', 'images'): return 'idx', p
-    raise FileNotFoundError(f"{path} holds no MNIST data. Expected fastai's mnist_png layout "
-                            "(training/<digit>/*.png and testing/<digit>/*.png) or the four IDX files "
-                            "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                            "t10k-labels-idx1-ubyte, plain or .gz)")
+    raise FileNotFoundError(f"{path} holds no MNIST data. Expected fastai's mnist_png layout (training/<digit>/*.png "
+                            "and testing/<digit>/*.png) or the four IDX files (train-images-idx3-ubyte, "
+                            "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, plain or .gz)")
 
 def load_digits(digits, split:str='training', path:str|Path|None=None, sample:bool=False, cache:bool=True) -> dict:
     "`{digit: (images, indices)}` for `digits` of `split` ('training' or 'testing'): uint8 (n, 28, 28) and int64 (n,)"
@@ -183,7 +181,6 @@ def load_source(source:tuple, digits, split:str='training', cache:bool=True) -> 
 def write_mnist_png(dest:str|Path, path:str|Path|None=None, sample:bool=False, digits=range(10),
                     splits=tuple(SPLITS)) -> Path:
     "Write `digits` of a source (IDX files, `sample=True`...) as fastai's `mnist_png`: `dest/<split>/<digit>/<i>.png`"
-    from PIL import Image
     dest, source = Path(dest).expanduser(), find_source(path, sample)
     for split in splits:
         for d, (images, indices) in load_source(source, list(digits), split, cache=False).items():

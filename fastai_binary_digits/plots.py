@@ -35,12 +35,10 @@ def plot_weights(learn, max_n:int=16, ncols:int|None=None, figsize=None):
     layer = next((m for m in learn.model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
     if layer is None: raise BinaryDigitsError(f"{type(learn.model).__name__} has no nn.Linear or nn.Conv2d layer whose "
                                               "weights could be shown")
-    w = layer.weight.detach().float().cpu()
-    if isinstance(layer, nn.Linear):
-        if w.shape[1] != 28*28:
-            raise BinaryDigitsError(f"The first linear layer takes {w.shape[1]} inputs, not 784 pixels")
-        w = w.view(-1, 28, 28)[:max_n]
-    else: w = w[:max_n, 0]  # the kernels that see the greyscale input
+    w, linear = layer.weight.detach().float().cpu(), isinstance(layer, nn.Linear)
+    if linear and w.shape[1] != 28*28:
+        raise BinaryDigitsError(f"The first linear layer takes {w.shape[1]} inputs, not 784 pixels")
+    w = w.view(-1, 28, 28)[:max_n] if linear else w[:max_n, 0]  # a cnn's: the kernels that see the greyscale input
     one = len(w) == 1
     figsize = figsize or ((5, 4.2) if one else None)
     fig, axs = get_grid(len(w), ncols=ncols, figsize=figsize, imsize=1.7, return_fig=True)
@@ -50,7 +48,7 @@ def plot_weights(learn, max_n:int=16, ncols:int|None=None, figsize=None):
         ax.set_axis_off()
         if not one: ax.set_title(f'unit {i}', fontsize=8)
     if one: fig.colorbar(im, ax=axs[0], shrink=0.8)
-    title = f"{type(learn.model).__name__} {'weights' if isinstance(layer, nn.Linear) else 'first kernels'}"
+    title = f"{type(learn.model).__name__} {'weights' if linear else 'first kernels'}"
     vocab = getattr(learn.dls, 'vocab', None)
     if vocab is not None and len(vocab) == 2: title += f': red pushes towards {vocab[1]}, blue towards {vocab[0]}'
     fig.suptitle(title, fontsize=10)
@@ -67,8 +65,7 @@ def show_prepared(images, titles=None, ncols:int|None=None, figsize=None):
     ncols = ncols or min(len(images), 3)
     figsize = figsize or (4.4*ncols, 2.4*-(-len(images)//ncols))
     fig, axs = get_grid(len(images), ncols=ncols, double=True, figsize=figsize, return_fig=True)
-    for i, o in enumerate(images):
-        shown, seen = axs[2*i], axs[2*i+1]
+    for i, (o, shown, seen) in enumerate(zip(images, axs[::2], axs[1::2])):
         im = as_pil_image(o)
         shown.imshow(im, cmap='gray' if im.mode in ('L', 'LA') else None)
         name = Path(o).name if isinstance(o, (str, Path)) else 'image'

@@ -1,5 +1,6 @@
 "`prepare_digit`: any picture of a digit made MNIST-like by MNIST's procedure (crop the ink, fit 20x20, centre by mass)"
 import numpy as np
+from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from .checks import BinaryDigitsError
@@ -78,7 +79,6 @@ def _background(a:np.ndarray) -> np.ndarray|None:
 
 def _upsample(blocks:np.ndarray, h:int, w:int, k:int) -> np.ndarray:
     "`blocks` (GH, GW, C), the colours of `k`x`k` blocks from the top left, interpolated bilinearly to (`h`, `w`, C)"
-    from PIL import Image
     b = np.pad(blocks.astype(np.float32), ((1, 1), (1, 1), (0, 0)), mode='edge')  # beyond the last blocks' centres
     return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(b[..., i]), 'F').resize(
         (w, h), Image.BILINEAR, box=(1, 1, 1 + w/k, 1 + h/k))) for i in range(b.shape[-1])], -1)
@@ -107,7 +107,6 @@ def _otsu(d:np.ndarray, top:float) -> float:
 def ink_map(image) -> np.ndarray|None:
     """How much ink each pixel of `image` holds, 0..1 (float32, about `_WORK` pixels a side), or None: no digit. Ink
     is what differs from the paper, estimated from the picture (any polarity, colour, shadow); on a canvas, alpha"""
-    from PIL import ImageFilter
     im = as_pil_image(image)
     if min(im.size) < 4: return None  # too small to hold a digit
     f = min(round(max(im.size)/_WORK), min(im.size)//4)
@@ -115,9 +114,8 @@ def ink_map(image) -> np.ndarray|None:
     if im.mode in ('LA', 'RGBA'):
         canvas = np.median(_edges(np.asarray(im.getchannel('A')))) < 128  # else opaque: its alpha says nothing of ink
         im = im.getchannel('A') if canvas else im.convert(im.mode[:-1])
-    a = np.asarray(im.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)  # less noise and JPEG artefacts
-    if a.ndim == 2: a = a[..., None]
-    elif (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all(): a = a[..., :1]  # grey stored as RGB
+    a = np.atleast_3d(np.asarray(im.filter(ImageFilter.GaussianBlur(0.8)), np.float32))  # less noise, JPEG artefacts
+    if (a == a[..., :1]).all(): a = a[..., :1]  # one channel: grey, or grey stored as RGB
     bg = _background(a)
     if bg is None: return None  # blobs of noise, no page
     light = bg.mean(-1)  # `d`: how far from the paper, in grey levels of lit paper (a shadow dims ink too)
@@ -157,13 +155,12 @@ def _restroke(crop:np.ndarray) -> np.ndarray:
     "`crop` with its strokes thickened or thinned into MNIST's range once scaled to 20 pixels (see `MNIST_STROKE`)"
     s, w = 20/max(crop.shape), stroke_width(crop)
     lo, mid, hi = MNIST_STROKE
+    r = abs(mid/s - w)/2  # how far the strokes' edges move, in pixels of `crop`
     if w*s < lo:  # every pixel within `r` of the ink becomes ink, with a soft edge
-        r = (mid/s - w)/2
         crop = np.pad(crop, int(np.ceil(r)) + 1)
         dist = ndimage.distance_transform_edt(crop < 0.5)
         return _crop(np.maximum(crop, np.clip(r + 0.5 - dist, 0, 1)).astype(np.float32))
     if w*s > hi:  # only pixels further than `r` inside the ink stay ink
-        r = (w - mid/s)/2
         dist = ndimage.distance_transform_edt(np.pad(crop >= 0.5, 1))[1:-1, 1:-1]
         thin = np.minimum(crop, np.clip(dist - r + 0.5, 0, 1)).astype(np.float32)
         if thin.max() > 0: return _crop(thin)
@@ -172,7 +169,6 @@ def _restroke(crop:np.ndarray) -> np.ndarray:
 
 def _fit_28(crop:np.ndarray) -> np.ndarray:
     "The ink's `crop` scaled to fit 20x20 (anti-aliased, aspect kept), its centre of mass at pixel (14, 14) of 28x28"
-    from PIL import Image
     crop = _restroke(crop)
     s = 20/max(crop.shape)
     size = (max(1, round(crop.shape[1]*s)), max(1, round(crop.shape[0]*s)))
@@ -180,9 +176,7 @@ def _fit_28(crop:np.ndarray) -> np.ndarray:
     h, w = digit.shape
     cy, cx = ndimage.center_of_mass(digit)
     top, left = int(np.clip(round(14 - cy), 0, 28-h)), int(np.clip(round(14 - cx), 0, 28-w))
-    out = np.zeros((28, 28), np.float32)
-    out[top:top+h, left:left+w] = digit
-    return out
+    return np.pad(digit, ((top, 28-h-top), (left, 28-w-left)))
 
 
 def count_digits(ink:np.ndarray) -> int:
@@ -219,11 +213,9 @@ def prepare_digit(image) -> np.ndarray|None:
 
 def digit_image(o, prepare:bool=True) -> tuple:
     "`o` as the 28x28 uint8 the model sees (or None: no digit), and how many digits it holds side by side (0, 1, more)"
-    from PIL import Image
     row = hasattr(o, 'shape') and hasattr(o, 'ndim') and o.ndim == 1 and o.shape[0] == 784  # as the loaders serve it
     if prepare and not row: return _prepare(o)
-    im = as_pil_image(o).convert('L')  # MNIST-like already: resized whole
-    return np.asarray(im if im.size == (28, 28) else im.resize((28, 28), Image.BILINEAR)), 1
+    return np.asarray(as_pil_image(o).convert('L').resize((28, 28), Image.BILINEAR)), 1  # MNIST-like: resized whole
 
 
 def digit_images(items, prepare:bool=True, counts:bool=False) -> tuple:

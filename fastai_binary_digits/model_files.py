@@ -1,5 +1,5 @@
 "Safe model files (safetensors: weights, pair check, the facts that rebuild a learner); fastai's pickle, if trusted"
-import hashlib, json, os
+import hashlib, json, os, re
 from pathlib import Path
 
 import torch
@@ -7,6 +7,7 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save
 
+from . import __version__
 from .checks import PICKLE_SUFFIX, SAFE_SUFFIX, BinaryDigitsError, check_pair, existing_model_file
 from .files import atomic_path, open_regular
 from .losses import BinaryLoss, log_loss, mnist_loss
@@ -48,7 +49,6 @@ def _arch_name(model:nn.Module) -> str:
 
 def _facts(learn) -> dict:
     "The metadata that rebuilds `learn`: the pair in label order, the architecture, the loss, `prepare`, the version"
-    from . import __version__
     arch = _arch_name(learn.model)
     lf = learn.loss_func
     loss = next((n for n, l in LOSSES.items() if isinstance(lf, BinaryLoss) and lf.func is l.func), None)
@@ -131,8 +131,7 @@ def _read_bytes(fn:Path) -> bytes:
         raise _content_error(fn, f"it is {max(size, len(data)):,} bytes long; a model file of this package is at most "
                                  f"{MAX_FILE:,} (its largest architecture's is about 1 MB): it is another kind of file")
     head = data[:9]  # a zip archive (`torch.save`) or a pickle (protocols 2-5)?
-    if not _looks_safe(head) and (head.startswith(b'PK\x03\x04') or (len(head) > 1 and head[0] == 0x80 and
-                                                                    2 <= head[1] <= 5)):
+    if re.match(rb'PK\x03\x04|\x80[\x02-\x05]', head) and not _looks_safe(head):
         kind = "a zip archive, as `torch.save` and fastai's `learn.export` write" if head[:1] == b'P' else 'a pickle'
         raise _content_error(fn, f"it holds {kind} (a pickle, which can run code when loaded, so it is never opened "
                                  "from a '.safetensors' name). Only if it comes from someone you trust, rename it "
@@ -158,11 +157,10 @@ def _strict_json(fn:Path, text:str|bytes):
         if isinstance(text, bytes): text = text.decode('utf-8')  # safetensors' headers are UTF-8, nothing else
         return json.loads(text, object_pairs_hook=no_duplicates, parse_int=whole, parse_float=whole,
                           parse_constant=whole)
-    except BinaryDigitsError: raise
     except RecursionError:
         raise _content_error(fn, "its header nests lists or objects too deeply to read (a safetensors header nests "
                                  "three deep): the file is damaged; export it again") from None
-    except ValueError as e:  # `UnicodeDecodeError` and `json.JSONDecodeError` are `ValueError`s
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _content_error(fn, f"its header is not valid JSON ({e}); the file is damaged: export it again") from None
 
 
@@ -199,7 +197,6 @@ def _tensors(fn:Path, data:bytes) -> dict:
 
 def _read_metadata(fn:Path, meta) -> dict:
     "The checked facts in a model file's metadata: format version, pair, architecture, loss, prepare"
-    from . import __version__
     if meta.get('format') != FORMAT:
         raise _content_error(fn, "its metadata does not say `format: fastai_binary_digits` (it is a safetensors file, "
                                  "but not one written by `learn.export('model.safetensors')`)")

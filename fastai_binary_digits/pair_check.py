@@ -60,10 +60,9 @@ def _centroids(z:Tensor, k:int, seed:int=0, iters:int=10) -> Tensor:
 
 def _pass_threshold(probs:Tensor, ok:Tensor, target:float) -> float:
     "The least threshold on `probs` under which, with `ok`, at least `target` of all the images pass"
-    kept = probs[ok].sort().values
-    need = math.ceil(target*len(probs))
+    kept, need = probs[ok], max(math.ceil(target*len(probs)), 1)
     if need > len(kept): return 1.0  # the similarity alone flags more than 1-target: the CNN passes everything
-    return float(kept[max(need, 1) - 1])
+    return float(kept.kthvalue(need).values)
 
 
 class PairCheck:
@@ -117,10 +116,9 @@ class PairCheck:
 
     def state(self) -> tuple[dict, str]:
         "The tensors (under `PREFIX`) and the metadata (JSON) that hold this check in a safe model file"
-        tensors = {f'{PREFIX}model.{k}': v.detach().to('cpu', copy=True).contiguous()
-                   for k, v in self.model.state_dict().items()}
-        tensors[f'{PREFIX}centroids'] = self.centroids.detach().to('cpu', copy=True).contiguous()
-        return tensors, json.dumps(dict(threshold=self.threshold, min_similarity=self.min_similarity, **self.stats))
+        tensors = {**self.model.state_dict(prefix=f'{PREFIX}model.'), f'{PREFIX}centroids': self.centroids}
+        return ({k: v.detach().to('cpu', copy=True).contiguous() for k, v in tensors.items()},
+                json.dumps(dict(threshold=self.threshold, min_similarity=self.min_similarity, **self.stats)))
 
     @classmethod
     def from_state(cls, tensors:dict, meta:str) -> 'PairCheck':
@@ -175,8 +173,7 @@ def _other_digits(dls, max_per_digit:int) -> tuple:
     if args is None: raise BinaryDigitsError(
         "The pair check loads MNIST's other digits from where `dls` came from, but these loaders do not say where: "
         "make them with `BinaryDigitsDataLoaders.from_mnist`")
-    pair, seed = tuple(dls.vocab), args['seed']
-    others = [d for d in range(10) if d not in pair]
+    others, seed = [d for d in range(10) if d not in dls.vocab], args['seed']
     g = torch.Generator()
     if seed is None: g.seed()
     else: g.manual_seed(seed)

@@ -143,7 +143,8 @@ class PairCheck:
         except RuntimeError as e:
             why = ' '.join(str(e).split()[1:])  # PyTorch names each missing, extra and misshapen tensor
             raise ValueError(f"its pair check's tensors are not the check's model: {why}") from None
-        stats = {k: v for k, v in facts.items() if k in ('passed', 'flagged') and type(v) is float}
+        stats = {k: facts[k] for k in ('passed', 'flagged') if type(facts.get(k)) is float}
+        stats = stats if len(stats) == 2 else None  # what `__repr__` shows: both figures, or none
         return cls(model, float(facts['threshold']), c, float(facts['min_similarity']), stats)
 
     def __repr__(self):

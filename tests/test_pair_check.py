@@ -277,6 +277,19 @@ def test_a_file_whose_check_lies(what, edit, message, exported, tmp_path):
         load_model_file(tmp_path/'lying.safetensors')
 
 
+@pytest.mark.parametrize('stats', [dict(flagged=None), dict(passed='0.99'), dict(passed=None, flagged=None)])
+def test_a_file_whose_check_lacks_its_figures_loads_without_them(stats, exported, tmp_path):
+    "The calibration's figures only describe the check: a file with one missing or not a number loads, shown without"
+    t, m = _tensors_and_metadata(exported/'checked.safetensors')
+    facts = {k: v for k, v in {**json.loads(m['pair_check']), **stats}.items() if v is not None}
+    m['pair_check'] = json.dumps(facts)
+    m['sha256'] = content_sha256(t, m)
+    save_file(t, tmp_path/'partial.safetensors', metadata=m)
+    check = load_model_file(tmp_path/'partial.safetensors').pair_check
+    assert check.stats == {} and repr(check) == (f'PairCheck(threshold={facts["threshold"]:.4f}, '
+                                                 f'min_similarity={facts["min_similarity"]:.4f})')
+
+
 def test_the_check_needs_loaders_from_mnist(exported, sample_png):
     back = load_binary_learner(exported/'plain.safetensors')
     with pytest.raises(BinaryDigitsError, match=r"make them with `BinaryDigitsDataLoaders.from_mnist`"):

@@ -186,7 +186,7 @@ def _metadata(fn:Path, data:bytes) -> dict:
 
 def _tensors(fn:Path, data:bytes) -> dict:
     "The tensors of the safetensors bytes `data`, checked by safetensors itself, its errors in the package's words"
-    try: return load_safetensors(data)
+    try: return dict(sorted(load_safetensors(data).items()))  # (safetensors gives them in no fixed order)
     except SafetensorError as e:
         why = str(e).split(': ', 1)[-1] if str(e).startswith('Error while') else str(e)
         words = next((w for k, w in _SAFETENSORS_WORDS.items() if k in why), f"its header is damaged ({why})")

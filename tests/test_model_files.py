@@ -307,6 +307,9 @@ LIES = [  # (what, edit of the tensors `t` and metadata `m`, the error)
     ('missing tensor', lambda t, m: t.pop('bias'), r"its tensors are not those of the 'linear' architecture: Missing key\(s\) in state_dict: \"bias\""),
     ('extra tensor', lambda t, m: t.update(backdoor=torch.zeros(3)),
      r"its tensors are not those of the 'linear' architecture: Unexpected key\(s\) in state_dict: \"backdoor\""),
+    ('extra tensors', lambda t, m: t.update({k: torch.zeros(1) for k in 'edcba'}),  # named in order, on every load
+     r"its tensors are not those of the 'linear' architecture: Unexpected key\(s\) in state_dict: \"a\", \"b\", \"c\", "
+     r"\"d\", \"e\"\."),
     ('wrong dtype', lambda t, m: t.update(weight=t['weight'].double()),
      r"its tensor 'weight' is torch.float64; the 'linear' architecture needs torch.float32"),
     ('newer format version', _meta(format_version=str(FORMAT_VERSION + 1), package_version='9.0'),

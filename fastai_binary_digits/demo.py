@@ -239,7 +239,7 @@ def demo(learn, port:int|None=None, share:bool=False, host:str='127.0.0.1', dele
               'max_file_size': MAX_UPLOAD, **kwargs}
     # Gradio checks the page it starts through httpx, which would ask a proxy set in the environment: never for it
     local = ','.join(filter(None, (os.environ.get('no_proxy') or os.environ.get('NO_PROXY'), host, 'localhost')))
-    # Gradio's own start-up lines name its `launch(share=True)`: these name this package's ways to ask for a link
+    # Gradio's own start-up lines tell of a public link in Gradio's terms: these name this package's ways to ask for one
     with modified_env(no_proxy=local, NO_PROXY=local):
         app.launch(server_name=host, server_port=port, share=share, quiet=True, prevent_thread_lock=True, **kwargs)
     if not quiet:
